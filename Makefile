@@ -1,0 +1,52 @@
+# Two commands do all the set-up: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?=
+
+.PHONY: demo test test-slow lint bench bench-loader bench-trace bench-step bench-tta bench-memory fuzz clean
+
+# (Re)install only when pyproject.toml changed, so later runs start at once.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pipetrace demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: bench-loader bench-trace bench-step bench-memory bench-tta
+
+bench-loader: $(STAMP)
+	$(BIN)/python bench/loader.py $(DATA)
+
+bench-trace: $(STAMP)
+	$(BIN)/python bench/trace_overhead.py $(DATA)
+
+bench-step: $(STAMP)
+	$(BIN)/python bench/train_step.py $(DATA)
+
+bench-memory: $(STAMP)
+	$(BIN)/python bench/memory.py $(DATA)
+
+bench-tta: $(STAMP)
+	$(BIN)/python bench/time_to_accuracy.py $(DATA)
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet atheris
+	$(BIN)/python bench/fuzz_load.py -max_total_time=300
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,147 @@
+"""Checkpoints: written atomically with a SHA-256 beside them, read with ``weights_only=True``.
+
+A checkpoint holds everything needed to resume training and to serve the model without
+train/serve skew: weights, optimizer, scheduler and RNG states, the epoch history, the class
+list and the preprocessing contract.
+
+Reading is defensive: ``torch.load`` is always called with an explicit
+``weights_only=True`` (so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` cannot turn it off), never
+with ``mmap``; a pickle that would run code is refused without running; truncated, random,
+mismatched and NaN-weight files each give one :class:`CheckpointError` line.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .files import sha256_file, write_atomic, write_text_atomic
+from .images import display_path
+
+FORMAT = "pipetrace-checkpoint"
+VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract)
+REQUIRED_KEYS = ("format", "version", "model_state", "classes", "preprocess", "model_config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; ``str()`` names the file and the cause."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot use checkpoint {display_path(path)}: {reason}")
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> str:
+    """Write ``ckpt`` atomically, then its SHA-256 to ``path + '.sha256'``; return the hash."""
+    path = Path(path)
+    write_atomic(path, lambda f: torch.save(ckpt, f))
+    digest = sha256_file(path)
+    write_text_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+    return digest
+
+
+def _read_sidecar(path: Path) -> str | None:
+    side = path.with_name(path.name + ".sha256")
+    try:
+        return side.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _why_unloadable(exc: Exception) -> str:
+    """Turn torch.load's exceptions into a cause a user can act on (no allow-list advice)."""
+    msg = str(exc)
+    if "weights_only" in msg.lower() or "unsupported global" in msg.lower():
+        first = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), "")
+        detail = f" ({first.strip()[:120]})" if first else ""
+        return ("refused: the file holds pickled Python objects that could run code when "
+                f"loaded{detail}; pipetrace only loads plain tensors and data")
+    if isinstance(exc, zipfile.BadZipFile) or "zip" in msg.lower() or "archive" in msg.lower():
+        return "truncated or damaged file (its zip archive cannot be read)"
+    if isinstance(exc, pickle.UnpicklingError | EOFError):
+        return "not a PyTorch checkpoint (cannot be unpickled)"
+    return f"{type(exc).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> object:
+    """``torch.load`` with every protection; returns whatever plain data the file holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "empty file (0 bytes)")
+    expected = _read_sidecar(path)
+    if expected is not None and expected != sha256_file(path):
+        raise CheckpointError(path, "SHA-256 does not match its .sha256 file (changed or "
+                              "partly written)")
+    data = path.read_bytes()  # never mmap: a file we did not write may be truncated
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types; all mean "not usable"
+        raise CheckpointError(path, _why_unloadable(exc)) from None
+
+
+def check_finite(state: dict, path) -> None:
+    bad = [k for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(path, f"weights contain NaN or infinity in {len(bad)} tensor(s), "
+                              f"first {bad[0]!r}")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a pipetrace checkpoint (structure, classes, finite weights)."""
+    ckpt = read_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(path, "not a pipetrace checkpoint (no 'format' marker); for bare "
+                              "weights use train --weights")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(path, f"missing {', '.join(missing)}")
+    if ckpt["version"] > VERSION:
+        raise CheckpointError(path, f"format version {ckpt['version']} is newer than this "
+                              f"pipetrace reads ({VERSION}); upgrade pipetrace")
+    classes = ckpt["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(path, "class list is not a list of names")
+    n = ckpt["model_config"].get("num_classes")
+    if n != len(classes):
+        raise CheckpointError(path, f"model has {n} outputs but the class list has "
+                              f"{len(classes)} names")
+    check_finite(ckpt["model_state"], path)
+    return ckpt
+
+
+def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True) -> list[str]:
+    """Load weights, turning shape or key mismatches into one CheckpointError line.
+
+    With ``strict=False`` (``train --weights``), tensors whose shape differs (a classifier
+    for another class count) are skipped; the names of the skipped tensors are returned.
+    """
+    own = model.state_dict()
+    skipped = []
+    if not strict:
+        state = dict(state)
+        for k in list(state):
+            if k not in own or own[k].shape != state[k].shape:
+                skipped.append(k)
+                del state[k]
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(path, f"weights do not fit this model: {detail[:200]}") from None
+    return skipped + list(getattr(result, "missing_keys", []))
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)

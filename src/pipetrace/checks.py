@@ -1,0 +1,250 @@
+"""Checks for the classic cross-library bugs; each problem becomes a :class:`Finding`.
+
+The checks work on measured facts (arrays, tensors, or their :class:`~pipetrace.trace.Summary`),
+so they run on one image, on a batch a user hands in (:func:`inspect_batch`), or on the
+statistics sampled during training (:func:`run_checks`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .trace import Summary, detect_channel_order, summarize
+from .transforms import Preprocess
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: what, where, the evidence, and a one-line fix."""
+
+    check: str  # "channel-order", "exif", "layout", "scale", "normalization", "skew", "class-order", ...
+    severity: str  # "error", "warning" or "info"
+    stage: str  # "1 load", "2 convert", "3 transform", "4 batch", "5 train" or "dataset"
+    title: str
+    evidence: str
+    fix: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- channel order and EXIF (stages 1-2) ---------------------------------------------------------
+
+def check_channel_order(rgb_claimed: np.ndarray, reference_rgb: np.ndarray,
+                        where: str = "2 convert") -> list[Finding]:
+    """An array about to reach PIL/torchvision must be RGB: compare with a PIL decode."""
+    order = detect_channel_order(rgb_claimed, reference_rgb)
+    if order != "BGR":
+        return []
+    return [Finding("channel-order", "error", where, "Colour channels are in BGR order",
+                    "the array equals an independent PIL decode of the same file with its "
+                    "channels reversed: OpenCV's BGR reached an RGB consumer",
+                    "convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before "
+                    "Image.fromarray or torch.from_numpy")]
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1 = upright) of an image file's bytes; 1 when absent."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+
+
+def check_exif_orientation(data: bytes, name: str = "image") -> list[Finding]:
+    """OpenCV applies EXIF orientation; PIL, ImageFolder and torchvision.io do not."""
+    o = exif_orientation(data)
+    if o in (0, 1):
+        return []
+    turn = {3: "rotated 180°", 6: "rotated 90° clockwise", 8: "rotated 90° counter-clockwise"}
+    return [Finding("exif", "warning", "1 load", f"EXIF orientation {o} in {name}",
+                    f"the file asks to be {turn.get(o, 'mirrored or rotated')}; OpenCV (and "
+                    "pipetrace) apply it, PIL's Image.open, torchvision's ImageFolder and "
+                    "torchvision.io do not: the same file gives different tensors per loader",
+                    "load the same way in training and serving; with PIL call "
+                    "ImageOps.exif_transpose(img)")]
+
+
+# -- the model's input (stages 3-4) --------------------------------------------------------------
+
+def check_layout(s: Summary, where: str = "4 batch") -> list[Finding]:
+    if s.layout in ("HWC", "NHWC"):
+        return [Finding("layout", "error", where, f"Tensor is {s.layout}, the model expects "
+                        f"{'CHW' if s.layout == 'HWC' else 'NCHW'}",
+                        f"shape {tuple(s.shape)}: channels ({s.shape[-1]}) are the last "
+                        "dimension, as NumPy/OpenCV/PIL keep them",
+                        "permute: x.permute(2, 0, 1) for one image, x.permute(0, 3, 1, 2) for "
+                        "a batch (or use torchvision's ToImage())")]
+    return []
+
+
+def check_scale(s: Summary, where: str = "4 batch") -> list[Finding]:
+    if s.dtype.startswith("uint8"):
+        return [Finding("scale", "error", where, "uint8 pixels reach the model",
+                        f"dtype {s.dtype}, range [{s.min:.0f}, {s.max:.0f}]",
+                        "convert with ToDtype(torch.float32, scale=True) (or ToTensor) and "
+                        "then Normalize")]
+    if s.min is not None and s.min >= 0 and s.max > 2.0 and s.max <= 255.0 and s.max > 20:
+        return [Finding("scale", "error", where, "Float tensor still in the 0-255 range",
+                        f"range [{s.min:.3g}, {s.max:.3g}] with no negative values: pixels were "
+                        "converted to float without dividing by 255, and not normalized",
+                        "use ToDtype(torch.float32, scale=True) (it divides by 255), then "
+                        "Normalize(mean, std)")]
+    return []
+
+
+def normalized_bounds(pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel range Normalize(mean, std) can produce from 0-1 pixels."""
+    mean, std = np.array(pre.mean), np.array(pre.std)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def check_normalization(s: Summary, pre: Preprocess, where: str = "4 batch") -> list[Finding]:
+    """Skipped or doubled Normalize, judged from the batch's range against what is possible."""
+    if s.min is None or s.dtype.startswith("uint8") or len(s.mean) != len(pre.mean):
+        return []
+    lo, hi = normalized_bounds(pre)
+    if s.min >= 0 and s.max <= 1.0 + 1e-6 and lo.min() < -0.5:
+        return [Finding("normalization", "error", where, "Normalize was skipped",
+                        f"values lie in [{s.min:.3g}, {s.max:.3g}]: the 0-1 range of "
+                        f"ToDtype/ToTensor, while Normalize(mean={_r(pre.mean)}, "
+                        f"std={_r(pre.std)}) would give [{lo.min():.2f}, {hi.max():.2f}]",
+                        "add Normalize(mean, std) after the float conversion, with the "
+                        "statistics the model was trained with")]
+    margin = 0.25 * (hi - lo).max()
+    if s.min < lo.min() - margin or s.max > hi.max() + margin:
+        twice = s.max < 50
+        return [Finding("normalization", "error", where,
+                        "Normalize applied twice (or with the wrong statistics)" if twice
+                        else "Normalize applied to 0-255 values",
+                        f"values reach [{s.min:.3g}, {s.max:.3g}], outside "
+                        f"[{lo.min():.2f}, {hi.max():.2f}], the widest range Normalize("
+                        f"mean={_r(pre.mean)}, std={_r(pre.std)}) can give for 0-1 pixels",
+                        "normalize exactly once, after ToDtype(float32, scale=True)" if twice
+                        else "scale to 0-1 first: ToDtype(torch.float32, scale=True)")]
+    return []
+
+
+def _r(v: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
+
+
+def inspect_batch(x: torch.Tensor, pre: Preprocess = Preprocess(), *,
+                  where: str = "4 batch") -> list[Finding]:
+    """Check a tensor about to enter the model: layout, dtype/scale and normalization."""
+    s = summarize(x)
+    return check_layout(s, where) + check_scale(s, where) + check_normalization(s, pre, where)
+
+
+def check_traced_image(outputs: dict, pre: Preprocess, name: str = "image") -> list[Finding]:
+    """All per-image checks over the outputs of :func:`pipetrace.trace.trace_image`."""
+    findings = check_exif_orientation(outputs["data"], name)
+    findings += check_channel_order(np.asarray(outputs["pil"]), outputs["reference_rgb"])
+    return findings + inspect_batch(outputs["batch"], pre)
+
+
+# -- configuration (training vs serving, class order) --------------------------------------------
+
+def check_train_eval_skew(train: Preprocess, serve: Preprocess) -> list[Finding]:
+    """The serving contract must equal the training one in statistics, order, scale, size."""
+    diffs = []
+    for name in ("mean", "std", "colour_order", "value_scale", "size", "interpolation", "layout"):
+        a, b = getattr(train, name), getattr(serve, name)
+        if (np.allclose(a, b, atol=1e-4) if name in ("mean", "std") else a == b):
+            continue
+        diffs.append(f"{name}: training {a}, serving {b}")
+    if not diffs:
+        return []
+    return [Finding("skew", "error", "3 transform", "Training and serving preprocess differently",
+                    "; ".join(diffs),
+                    "build the serving pipeline from the checkpoint's contract "
+                    "(pipetrace predict does) instead of re-typing the numbers")]
+
+
+def check_class_order(classes: Sequence[str]) -> list[Finding]:
+    """ImageFolder sorts class folders as strings: 1, 10, 2, ... (pytorch/pytorch#22566)."""
+    numeric = [c for c in classes if re.fullmatch(r"-?\d+", c)]
+    if len(numeric) < 2:
+        return []
+    as_numbers = sorted(numeric, key=int)
+    if list(numeric) == as_numbers:
+        return [Finding("class-order", "info", "dataset", "Class names are numbers",
+                        "their string order equals their numeric order here",
+                        "use the saved class -> index map, never int(folder name)")]
+    pairs = ", ".join(f"'{c}' -> {i}" for i, c in enumerate(classes) if c in numeric[:4])
+    return [Finding("class-order", "warning", "dataset",
+                    "Numeric class names are indexed in string order",
+                    f"folders sort as text, so {pairs}, ...: index != int(name); code that "
+                    "assumes otherwise reports wrong classes (pytorch/pytorch#22566)",
+                    "map predictions with the class list saved in the checkpoint, or zero-pad "
+                    "folder names (01, 02, ..., 10)")]
+
+
+# -- a whole run -----------------------------------------------------------------------------------
+
+def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
+    """Findings for a training run, from its recorded stages and sampled batch statistics."""
+    findings = check_class_order(result.classes)
+    pre = result.preprocess
+    by_index = {s.index: s for s in result.stages}
+    if 2 in by_index and by_index[2].output.channel_order == "BGR":
+        findings += [Finding("channel-order", "error", "2 convert",
+                             "Colour channels are in BGR order after stage 2",
+                             "the converted array matches a PIL decode with channels reversed",
+                             "convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB)")]
+    if 4 in by_index:
+        s4 = by_index[4].output
+        findings += check_layout(s4) + check_scale(s4) + check_normalization(s4, pre)
+    for probe in result.probes[1:]:  # the first probe is the batch stage 4 already checked
+        s = Summary(**{**probe["summary"], "shape": tuple(probe["summary"]["shape"]),
+                       "mean": tuple(probe["summary"]["mean"]),
+                       "std": tuple(probe["summary"]["std"])})
+        found = check_normalization(s, pre, where=f"4 batch (step {probe['step']})")
+        if found:
+            findings += found
+            break
+    exif = _exif_files(result, exif_sample)
+    if exif:
+        findings.append(Finding(
+            "exif", "info", "1 load", f"{len(exif)} of the first {exif_sample} training files "
+            "carry an EXIF rotation",
+            f"e.g. {exif[0]}; pipetrace applies it (as cv2.imread does); PIL and torchvision's "
+            "ImageFolder would not", "serve with the same loader so the orientation matches"))
+    if result.bad_files:
+        findings.append(Finding(
+            "bad-files", "warning", "1 load", f"{len(result.bad_files)} file(s) could not be "
+            "read and were skipped", result.bad_files[0][1],
+            "run `pipetrace check DATA_DIR` for the full list, then fix or remove them"))
+    return findings
+
+
+def _exif_files(result, limit: int) -> list[str]:
+    from .images import read_bytes
+
+    rotated = []
+    for path in [p for p, _ in _train_samples(result)][:limit]:
+        try:
+            if exif_orientation(read_bytes(path)) not in (0, 1):
+                rotated.append(path)
+        except Exception:
+            continue
+    return rotated
+
+
+def _train_samples(result):
+    from .scan import find_splits
+
+    try:
+        return find_splits(result.config.data).train.samples
+    except (OSError, ValueError):
+        return []

@@ -1,0 +1,200 @@
+"""Stage 4: a ``torch.utils.data`` dataset and loader that batch images into (N, 3, H, W).
+
+A file that cannot be loaded never kills a run: the dataset returns its error instead of a
+tensor, :func:`collate` drops it from the batch and lists it in ``Batch.bad``, and the
+trainer counts and reports it (``on_bad_image="error"`` raises instead).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import cv2
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .images import ImageLoadError, LoadLimits, bgr_to_rgb, check_file, load_bgr, rgb_to_pil
+from .transforms import (
+    BatchAugment,
+    Preprocess,
+    classic_transform,
+    fast_transform,
+    hwc_to_chw,
+    normalize_batch,
+    resize_uint8,
+)
+
+LOADER_PATHS = ("fast", "classic")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How stage 4 batches images."""
+
+    batch_size: int = 32  # images per batch (per process under DDP)
+    workers: int = 0  # DataLoader worker processes; 0 loads in the main process
+    path: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
+    channels_last: bool = False  # hand the model NHWC-strided batches
+    pin_memory: bool | None = None  # None: pin when CUDA is available
+    on_bad_image: str = "skip"  # "skip" (count and list) or "error" (raise ImageLoadError)
+    limits: LoadLimits = field(default_factory=LoadLimits)  # pixel and aspect limits
+
+
+def load_fast(path: str, pre: Preprocess, transform, limits: LoadLimits) -> torch.Tensor:
+    """Stages 1-3 of the fast path: file -> (3, size, size) uint8 RGB tensor."""
+    bgr = load_bgr(path, limits=limits, min_side=pre.resize_size)  # (H, W, 3) uint8 BGR
+    rgb = bgr_to_rgb(bgr)  # (H, W, 3) uint8 RGB
+    return resize_uint8(hwc_to_chw(rgb), pre, transform)  # (3, S, S) uint8
+
+
+def load_classic(path: str, transform, limits: LoadLimits) -> torch.Tensor:
+    """Stages 1-3 as the seed draws them: OpenCV -> RGB -> PIL -> torchvision -> float32."""
+    pil = rgb_to_pil(bgr_to_rgb(load_bgr(path, limits=limits)))
+    return transform(pil).as_subclass(torch.Tensor)  # (3, S, S) float32, normalized
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples -> (image, label, index, error) items for :func:`collate`."""
+
+    def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
+                 augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
+                 on_bad_image: str = "skip"):
+        if path not in LOADER_PATHS:
+            raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
+        self.samples = samples
+        self.pre = pre
+        self.path = path
+        self.limits = limits
+        self.on_bad_image = on_bad_image
+        self.train = train
+        self.augment = augment
+        if path == "fast":
+            self.transform = fast_transform(pre, train=train, augment=augment)
+        else:
+            self.transform = classic_transform(pre, train=train, augment=augment)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> torch.Tensor:
+        file, _ = self.samples[i]
+        if self.path == "fast":
+            return load_fast(file, self.pre, self.transform, self.limits)
+        return load_classic(file, self.transform, self.limits)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.load(i), self.samples[i][1], i, None
+        except ImageLoadError as exc:
+            if self.on_bad_image == "error":
+                raise
+            return None, self.samples[i][1], i, str(exc)
+
+
+@dataclass
+class Batch:
+    """One batch: images (N, 3, H, W) uint8 (fast) or float32 (classic), and what was dropped."""
+
+    images: torch.Tensor
+    labels: torch.Tensor  # (N,) int64
+    indices: torch.Tensor  # (N,) int64, positions in the dataset
+    bad: list[tuple[int, str]]  # (dataset index, error message) of the files skipped
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def collate(items) -> Batch:
+    """Stack good items into one batch; list bad ones. An all-bad batch has N = 0."""
+    good = [it for it in items if it[3] is None]
+    bad = [(it[2], it[3]) for it in items if it[3] is not None]
+    if good:
+        images = torch.stack([it[0] for it in good])
+    else:
+        images = torch.empty((0, 3, 1, 1), dtype=torch.uint8)
+    labels = torch.tensor([it[1] for it in good], dtype=torch.int64)
+    indices = torch.tensor([it[2] for it in good], dtype=torch.int64)
+    return Batch(images, labels, indices, bad)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker gets one core's worth of threads; otherwise workers and the main process
+    # fight over the same cores (measured: 286 vs 714 images/s on the photos, 2 cores).
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed: int = 0,
+                sampler=None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` yielding :class:`Batch` objects."""
+    pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        drop_last=drop_last,
+        worker_init_fn=_worker_init if cfg.workers > 0 else None,
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        generator=generator,
+    )
+
+
+def to_model_input(images: torch.Tensor, pre: Preprocess, *, device: torch.device | str = "cpu",
+                   channels_last: bool = False, augment: BatchAugment | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batch -> the model's input: (N, 3, S, S) float32 normalized, on ``device``.
+
+    uint8 batches cross to the device first (4x fewer bytes), then are normalized there.
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        x = normalize_batch(images, pre.mean, pre.std, channels_last=channels_last)
+        if augment is not None:
+            x = augment(x, generator)
+    else:
+        x = images.float()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def split_samples(samples: list[tuple[str, int]], fraction: float, seed: int
+                  ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Seeded, stratified split into (train, val): ``fraction`` of each class goes to val."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val fraction must be between 0 and 1, got {fraction}")
+    rng = random.Random(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        k = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+        val.extend(items[:k])
+        train.extend(items[k:])
+    return sorted(train), sorted(val)
+
+
+def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits()
+                ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Split samples into (readable, [(path, reason)]) from headers alone, before training."""
+    good, bad = [], []
+    for path, label in samples:
+        try:
+            check_file(path, limits)
+            good.append((path, label))
+        except ImageLoadError as exc:
+            bad.append((path, str(exc)))
+    return good, bad

@@ -1,0 +1,271 @@
+"""Stages 1 and 2: read an image file with OpenCV, convert BGR to RGB, hand it to PIL.
+
+Stage 1 policy (every input ends as an (H, W, 3) uint8 BGR array):
+
+* bytes are read with Python and decoded with ``cv2.imdecode`` (``cv2.imread`` crashes the
+  process on a file name that is not valid UTF-8);
+* the pixel count and aspect ratio are checked from the file's header *before* decoding,
+  so a 60000 x 60000 "bomb" is refused in microseconds;
+* grayscale is replicated to three channels, alpha is dropped (as PIL's ``convert('RGB')``
+  does), palettes are expanded, 16-bit samples are scaled to 8 bits (not clipped to
+  white), CMYK JPEGs are converted, animated or multi-page files give their first frame;
+* EXIF orientation is applied (what the camera meant; ``cv2.imread`` does the same,
+  PIL and torchvision's ``ImageFolder`` do not: see ``checks.check_exif_orientation``);
+* a JPEG without its end-of-image marker is refused: OpenCV would return a half-grey
+  picture and only print a line to stderr.
+
+Every failure raises :class:`ImageLoadError`, which names the file and the cause.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+MAX_IMAGE_PIXELS = 89_478_485  # same default as PIL.Image.MAX_IMAGE_PIXELS (~ 9459 x 9459)
+MAX_ASPECT_RATIO = 50.0  # long side / short side; beyond this a resize is a memory bomb
+
+
+class ImageLoadError(ValueError):
+    """A file that cannot become an (H, W, 3) uint8 image; ``str()`` names the file and cause."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode {display_path(path)!s}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Limits checked from the header before any pixel is decoded."""
+
+    max_pixels: int = MAX_IMAGE_PIXELS  # width * height above which a file is refused
+    max_aspect: float = MAX_ASPECT_RATIO  # long side / short side above which it is refused
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """Quote a path for messages; bytes that are not UTF-8 show as U+FFFD, never crash a print."""
+    text = os.fsencode(path).decode("utf-8", errors="replace")
+    return repr(text)
+
+
+# -- header sniffing ----------------------------------------------------------------------------
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the image format from the first bytes, or None when they are not an image we read."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def describe_non_image(data: bytes) -> str:
+    """Say what a file that is not an image seems to be, for the error message."""
+    if not data:
+        return "empty file (0 bytes)"
+    head = data[:64].lstrip()
+    lower = head.lower()
+    for marker, what in ((b"<!doctype html", "HTML"), (b"<html", "HTML"), (b"<svg", "SVG"),
+                         (b"<?xml", "XML"), (b"<script", "script"), (b"{", "JSON/text")):
+        if lower.startswith(marker):
+            return f"not an image: {what} (starts with {head[:12].decode('latin-1')!r})"
+    return f"not an image (starts with {data[:8]!r})"
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the JPEG markers to the first SOF segment; return (width, height)."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = struct.unpack_from(">H", data, i + 2)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            h, w = struct.unpack_from(">HH", data, i + 5)
+            return w, h
+        i += 2 + length
+    return None
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Return (width, height) from the header alone, or None when it cannot be read cheaply."""
+    try:
+        if fmt == "png" and data[12:16] == b"IHDR":
+            return struct.unpack_from(">II", data, 16)
+        if fmt == "jpeg":
+            return _jpeg_size(data)
+        if fmt == "gif":
+            return struct.unpack_from("<HH", data, 6)
+        if fmt == "bmp":
+            w, h = struct.unpack_from("<ii", data, 18)
+            return abs(w), abs(h)
+    except struct.error:
+        return None
+    return None
+
+
+def _header_size_with_pil(data: bytes, path) -> tuple[int, int]:
+    """Fallback for WebP, TIFF and odd headers: PIL reads only the header here, lazily."""
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(path, f"over the pixel limit ({exc})") from None
+    except Exception as exc:  # PIL raises many types for broken headers
+        raise ImageLoadError(path, f"unreadable {type(exc).__name__}: {exc}") from None
+
+
+def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
+                 tail: bytes | None = None) -> tuple[str, int, int]:
+    """Return (format, width, height) from the header, or raise ImageLoadError (no decoding).
+
+    ``data`` holds at least the file's start; ``tail`` its last bytes when ``data`` is only
+    the start of a large file (``check_file``).
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageLoadError(path, describe_non_image(data))
+    size = header_size(data, fmt) or _header_size_with_pil(data, path)
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(path, f"header says {w} x {h} pixels")
+    if w * h > limits.max_pixels:
+        raise ImageLoadError(
+            path, f"{w} x {h} = {w * h / 1e6:.1f} megapixels is over the limit of "
+            f"{limits.max_pixels / 1e6:.1f} (refused before decoding)")
+    aspect = max(w, h) / min(w, h)
+    if aspect > limits.max_aspect:
+        raise ImageLoadError(path, f"{w} x {h} has aspect ratio {aspect:.0f}:1, over the "
+                             f"limit of {limits.max_aspect:.0f}:1 (refused before resizing)")
+    if fmt == "jpeg" and not _jpeg_has_end(data if tail is None else tail):
+        raise ImageLoadError(path, "truncated JPEG (no end-of-image marker)")
+    return fmt, w, h
+
+
+def _jpeg_has_end(data: bytes) -> bool:
+    """A complete JPEG ends with FF D9, possibly followed by padding or trailing metadata."""
+    return data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) != -1
+
+
+# -- stage 1: load --------------------------------------------------------------------------------
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file; OSError becomes ImageLoadError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
+    except IsADirectoryError:
+        raise ImageLoadError(path, "is a directory") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+HEAD_BYTES = 256 * 1024  # enough for the header of every format we read, EXIF included
+
+
+def check_file(path: str | os.PathLike, limits: LoadLimits = LoadLimits()) -> tuple[str, int, int]:
+    """Check a file's header and end without reading or decoding all of it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            size = os.fstat(f.fileno()).st_size
+            tail = None
+            if size > HEAD_BYTES:
+                f.seek(max(HEAD_BYTES, size - 4096))
+                tail = f.read()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
+    return check_header(head, path, limits, tail=tail)
+
+
+def reduction_for(width: int, height: int, target: int | None) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) keeping the short side >= 2 * target."""
+    if not target:
+        return 1
+    short = min(width, height)
+    for factor in (8, 4, 2):
+        if short // factor >= 2 * target:
+            return factor
+    return 1
+
+
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                  8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_bgr(data: bytes, path="<bytes>", *, limits: LoadLimits = LoadLimits(),
+               min_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to (H, W, 3) uint8 BGR; raise ImageLoadError with the cause.
+
+    ``min_side`` lets a large JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while its
+    short side stays at least twice ``min_side``, which is both faster and a good low-pass.
+    """
+    fmt, w, h = check_header(data, path, limits)
+    flags = cv2.IMREAD_COLOR
+    if fmt == "jpeg":
+        flags = _REDUCED_FLAGS.get(reduction_for(w, h, min_side), flags)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:
+        raise ImageLoadError(path, f"OpenCV refused it: {str(exc).strip().splitlines()[-1]}") from None
+    if bgr is None:
+        raise ImageLoadError(path, f"corrupt or unsupported {fmt.upper()} data")
+    if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:  # IMREAD_COLOR promises this
+        raise ImageLoadError(path, f"decoded to {bgr.shape} {bgr.dtype}, expected H x W x 3 uint8")
+    return bgr
+
+
+def load_bgr(path: str | os.PathLike, *, limits: LoadLimits = LoadLimits(),
+             min_side: int | None = None) -> np.ndarray:
+    """Stage 1: read a file and decode it with OpenCV to (H, W, 3) uint8, BGR order."""
+    return decode_bgr(read_bytes(path), path, limits=limits, min_side=min_side)
+
+
+# -- stage 2: convert -----------------------------------------------------------------------------
+
+def bgr_to_rgb(bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> new (H, W, 3) uint8 RGB array, with OpenCV; input untouched."""
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def rgb_to_pil(rgb: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 RGB -> PIL image in mode 'RGB' (PIL copies 3-channel pixels)."""
+    return Image.fromarray(rgb)
+
+
+def load_pil(path: str | os.PathLike, *, limits: LoadLimits = LoadLimits()) -> Image.Image:
+    """Stages 1 and 2 together: the seed's chain from a file to an RGB PIL image."""
+    return rgb_to_pil(bgr_to_rgb(load_bgr(path, limits=limits)))

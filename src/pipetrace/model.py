@@ -1,0 +1,127 @@
+"""The CNNs: built-in ones with the seed's layer kinds, and torchvision architectures by name.
+
+The built-in ``pipenet`` is the seed's model made trainable on a CPU: blocks of
+convolution -> batch norm -> ReLU -> max pooling, then global pooling and a fully connected
+layer (softmax is applied by the prediction trace, the loss takes logits). ``cifarnet`` is
+an airbench-style net for 32 x 32 inputs (Keller Jordan's cifar10-airbench recipe).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+PIPENET_WIDTHS = {  # name -> channels of each conv block; the first block has stride 2
+    "pipenet-tiny": (8, 16, 32, 64),
+    "pipenet-s": (32, 64, 128, 256),
+    "pipenet-m": (64, 128, 256, 512),
+}
+CIFARNET_WIDTHS = {"cifarnet": (64, 256, 256), "cifarnet-s": (32, 128, 128)}
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small",
+                      "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build; saved in the checkpoint so ``predict`` rebuilds the same one."""
+
+    name: str = "pipenet-s"  # a built-in name (see `builtin_names()`) or a torchvision model
+    num_classes: int = 4  # outputs of the last fully connected layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def builtin_names() -> tuple[str, ...]:
+    return (*PIPENET_WIDTHS, *CIFARNET_WIDTHS)
+
+
+def conv_block(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    """Convolution -> batch norm -> ReLU -> 2 x 2 max pooling: H and W / (2 * stride)."""
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - stride + 1) // 2,
+                       bias=False),
+        bn=nn.BatchNorm2d(cout),
+        relu=nn.ReLU(inplace=True),
+        pool=nn.MaxPool2d(2),
+    ))
+
+
+class PipeNet(nn.Module):
+    """The seed's CNN: (N, 3, H, W) -> conv blocks -> global pool -> FC -> (N, classes) logits."""
+
+    def __init__(self, widths: tuple[int, ...], num_classes: int, stem_stride: int = 8,
+                 stem_kernel: int = 8):
+        super().__init__()
+        blocks, cin = OrderedDict(), 3
+        for i, w in enumerate(widths):
+            # The first block sees the full 224 x 224 image: a 4 x 4 convolution with
+            # stride 4 ("patchify", as in ConvNeXt) keeps it cheap on a CPU (224 -> 56 -> 28).
+            blocks[f"block{i + 1}"] = conv_block(cin, w, stride=stem_stride if i == 0 else 1,
+                                                 kernel=stem_kernel if i == 0 else 3)
+            cin = w
+        self.features = nn.Sequential(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.features(x))))
+
+
+def _cifar_block(cin: int, cout: int) -> nn.Sequential:
+    """airbench's block: conv -> pool -> BN -> GELU -> conv -> BN -> GELU (H, W halved)."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        pool=nn.MaxPool2d(2),
+        bn1=nn.BatchNorm2d(cout, momentum=0.4),
+        act1=nn.GELU(),
+        conv2=nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        bn2=nn.BatchNorm2d(cout, momentum=0.4),
+        act2=nn.GELU(),
+    ))
+
+
+class CifarNet(nn.Module):
+    """An airbench-style CNN for 32 x 32 inputs: 2 x 2 stem, three blocks, max pool, FC."""
+
+    def __init__(self, widths: tuple[int, ...], num_classes: int, head_scale: float = 1 / 9):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)  # (N, 24, 31, 31)
+        self.stem_act = nn.GELU()
+        blocks, cin = OrderedDict(), 24
+        for i, w in enumerate(widths):
+            blocks[f"block{i + 1}"] = _cifar_block(cin, w)
+            cin = w
+        self.features = nn.Sequential(blocks)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes, bias=False)
+        self.head_scale = head_scale  # airbench scales the logits down; steadier early training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.stem_act(self.stem(x)))
+        return self.fc(self.flatten(self.pool(x))) * self.head_scale
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the network named by ``cfg`` with random weights."""
+    if cfg.name in PIPENET_WIDTHS:
+        return PipeNet(PIPENET_WIDTHS[cfg.name], cfg.num_classes)
+    if cfg.name in CIFARNET_WIDTHS:
+        return CifarNet(CIFARNET_WIDTHS[cfg.name], cfg.num_classes)
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(cfg.name, weights=None, num_classes=cfg.num_classes)
+    except ValueError:
+        raise ValueError(
+            f"unknown model {cfg.name!r}: use one of {', '.join(builtin_names())} or a "
+            f"torchvision architecture such as {', '.join(TORCHVISION_MODELS[:4])}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

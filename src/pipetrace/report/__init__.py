@@ -1,0 +1,1 @@
+"""Views of a run: terminal, JSON trace and HTML page, all over the same records."""

@@ -1,0 +1,78 @@
+"""The JSON trace (``trace.json``): one versioned document that every view renders from.
+
+Schema: ``docs/trace-format.md``. Format versions:
+
+* 1 - first format: ``meta``, ``run``, ``stages``, ``findings``, ``training``,
+  ``prediction``, ``quiz``, ``insight``; pictures inline as ``data:image/png`` URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..files import safe_text, write_text_atomic
+
+FORMAT = "pipetrace-trace"
+VERSION = 1
+
+
+def data_uri(png: bytes | None) -> str | None:
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def clean_strings(obj):
+    """Replace bytes that are not UTF-8 (lone surrogates from file names) with U+FFFD."""
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if isinstance(obj, dict):
+        return {clean_strings(k): clean_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean_strings(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    return {"pipetrace": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "opencv": cv2.__version__, "pillow": PIL.__version__, "numpy": numpy.__version__}
+
+
+def meta_block(command: str, device: str) -> dict:
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "device": device, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "versions": versions()}
+
+
+def save_document(doc: dict, path: str | os.PathLike) -> None:
+    write_text_atomic(path, json.dumps(clean_strings(doc), indent=1, ensure_ascii=False,
+                                       allow_nan=False))
+
+
+def load_document(path: str | os.PathLike) -> dict:
+    """Read a trace.json, refusing other formats and newer versions with a clear message."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read trace {str(p)!r}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{str(p)!r} is not a pipetrace trace (no 'format': '{FORMAT}')")
+    if int(doc.get("version", 0)) > VERSION:
+        raise ValueError(f"{str(p)!r} has trace format {doc['version']}, newer than this "
+                         f"pipetrace reads ({VERSION})")
+    return doc

@@ -1,0 +1,69 @@
+"""The HTML view: one self-contained page rendered from the trace document alone.
+
+The template is a package file rendered by jinja2 with autoescaping on, so class names,
+file names and paths from a dataset or checkpoint always arrive as text. A strict
+Content-Security-Policy (no network, no inline handlers, only the page's own script by
+hash) is a second line of defence.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from importlib import resources
+
+import jinja2
+from markupsafe import Markup
+
+from .svg import bar_rows, line_chart
+
+SCRIPT = """
+document.querySelectorAll('.question').forEach(function (q) {
+  var feedback = q.querySelector('.feedback');
+  q.querySelectorAll('button.choice').forEach(function (b) {
+    b.addEventListener('click', function () {
+      var right = b.dataset.right === '1';
+      q.querySelectorAll('button.choice').forEach(function (o) {
+        o.classList.remove('picked');
+        if (o.dataset.right === '1') { o.classList.toggle('right', true); }
+      });
+      b.classList.add('picked');
+      b.classList.toggle('wrong', !right);
+      feedback.textContent = (right ? 'Correct. ' : 'Not quite. ') + q.dataset.explanation;
+      feedback.className = 'feedback ' + (right ? 'ok' : 'bad');
+    });
+  });
+});
+"""
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(
+            lambda name: resources.files("pipetrace.report").joinpath("templates", name)
+            .read_text(encoding="utf-8")),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["dims"] = lambda shape: " × ".join(str(d) for d in shape)
+    env.filters["num"] = lambda v, spec=".3f": "–" if v is None else format(v, spec)
+    return env
+
+
+def render_html(doc: dict) -> str:
+    """The report page for one trace document (deterministic: same document, same bytes)."""
+    epochs = doc.get("training", {}).get("epochs", [])
+    charts = {}
+    if epochs:
+        xs = [e["epoch"] for e in epochs]
+        charts["loss"] = Markup(line_chart(xs, {
+            "train": [e["train_loss"] for e in epochs],
+            "validation": [e["val_loss"] for e in epochs]}, title="Loss by epoch"))
+        charts["acc"] = Markup(line_chart(xs, {
+            "train": [e["train_acc"] for e in epochs],
+            "validation": [e["val_acc"] for e in epochs]}, title="Accuracy by epoch",
+            y_range=(0.0, 1.0)))
+    pred = doc.get("prediction")
+    if pred:
+        charts["top_k"] = Markup(bar_rows([p for _, p in pred["top_k"]]))
+    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    return _environment().get_template("report.html.j2").render(
+        doc=doc, charts=charts, script=Markup(SCRIPT), script_hash=script_hash)

@@ -1,0 +1,58 @@
+"""The key insight: a few sentences about this run, generated from its trace."""
+
+from __future__ import annotations
+
+NEXT_STEP = {
+    "converged": "it has converged: a harder dataset, a smaller model or fewer epochs would "
+                 "show more",
+    "improving": "it was still improving at the end: more epochs would likely help",
+    "slowing": "progress was slowing: a few more epochs at a lower learning rate may add a little",
+    "plateau": "it reached a plateau: try a lower learning rate, more augmentation or a larger "
+               "model",
+    "overfitting": "it is overfitting: add augmentation or weight decay, or use more data",
+    "underfitting": "it is underfitting: use a larger model, a higher learning rate or more "
+                    "epochs",
+    "unstable": "training was unstable: lower the learning rate or lengthen the warm-up",
+    "diverging": "training diverged: lower the learning rate and check the inputs for NaN",
+    "starting to learn": "one epoch is not enough: train for more",
+}
+
+
+def make_insight(doc: dict) -> list[str]:
+    out: list[str] = []
+    stages = {s["index"]: s for s in doc.get("stages", [])}
+    if {1, 2, 3, 4} <= set(stages):
+        s1, s2, s3, s4 = (stages[i] for i in (1, 2, 3, 4))
+        out.append(
+            f"{s1['library']} read each file as a {s1['output']['layout']} "
+            f"{s1['output']['channel_order']} array; stage 2 turned it into "
+            f"{s2['output']['channel_order']} for {s3['library']}, whose transforms made a "
+            f"{' x '.join(map(str, s3['output']['shape']))} tensor; stage 4 stacked "
+            f"batches of {' x '.join(map(str, s4['output']['shape']))}.")
+    epochs = doc.get("training", {}).get("epochs", [])
+    if epochs:
+        first, last = epochs[0], epochs[-1]
+        acc = last["val_acc"] if last["val_acc"] is not None else last["train_acc"]
+        which = "validation" if last["val_acc"] is not None else "training"
+        out.append(f"Over {len(epochs)} epoch(s) the training loss went from "
+                   f"{first['train_loss']:.3f} to {last['train_loss']:.3f} and {which} accuracy "
+                   f"reached {acc:.3f}.")
+        kind = last.get("observation_kind", "")
+        if kind in NEXT_STEP:
+            out.append(f"What to try next: {NEXT_STEP[kind]}.")
+    findings = doc.get("findings", [])
+    problems = [f for f in findings if f["severity"] in ("error", "warning")]
+    if problems:
+        out.append(f"The checks raised {len(problems)} problem(s), first: "
+                   f"{problems[0]['title']} — {problems[0]['fix']}.")
+    else:
+        out.append("The cross-library checks (channel order, layout, scale, normalization) "
+                   "found no problem in what the model received.")
+    pred = doc.get("prediction")
+    if pred:
+        truth = pred.get("true_class")
+        verdict = "" if truth is None else (" (correct)" if truth == pred["predicted"]
+                                            else f" (the true class is {truth})")
+        out.append(f"The traced image was classified as {pred['predicted']} with probability "
+                   f"{pred['top_k'][0][1]:.2f}{verdict}.")
+    return out

@@ -1,0 +1,64 @@
+"""PNG plots for the run folder, drawn with matplotlib (Agg: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from ..files import safe_text
+
+
+def curves_png(epochs: Sequence[dict]) -> bytes:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    xs = [e["epoch"] for e in epochs]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    ax_loss.plot(xs, [e["train_loss"] for e in epochs], "o-", label="train")
+    ax_acc.plot(xs, [e["train_acc"] for e in epochs], "o-", label="train")
+    if any(e.get("val_loss") is not None for e in epochs):
+        ax_loss.plot(xs, [e["val_loss"] for e in epochs], "s--", label="validation")
+        ax_acc.plot(xs, [e["val_acc"] for e in epochs], "s--", label="validation")
+    ax_loss.set(title="Loss", xlabel="epoch")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig)
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
+    """The confusion matrix, rows = true class, columns = predicted."""
+    n = len(classes)
+    size = min(2 + 0.45 * n, 12)
+    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title="Confusion matrix (validation)")
+    labels = [plain_label(c) for c in classes]
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.set_yticklabels(labels)
+    top = max((max(r) for r in confusion), default=0)
+    if n <= 20:
+        for i, row in enumerate(confusion):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center",
+                        color="white" if v > top / 2 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig)
+
+
+def plain_label(s: str) -> str:
+    """A class name shown literally: no mathtext from '$', no broken bytes."""
+    return safe_text(s).replace("$", r"\$")
+
+
+def _save(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,77 @@
+"""The quiz: multiple-choice questions whose right answers come from this run's trace."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    choices: list[str]
+    answer: int  # index of the right choice
+    explanation: str  # shown after answering, with the evidence from the trace
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ask(question: str, right: str, wrong: list[str], why: str) -> Question:
+    """Shuffle the choices deterministically (same trace, same quiz)."""
+    choices = [right, *[w for w in dict.fromkeys(wrong) if w != right][:3]]
+    rng = random.Random(hashlib.sha256(question.encode()).digest())
+    rng.shuffle(choices)
+    return Question(question, choices, choices.index(right), why)
+
+
+def _dims(shape) -> str:
+    return " x ".join(str(d) for d in shape)
+
+
+def make_quiz(doc: dict) -> list[Question]:
+    """At least three questions about what the pipeline really did."""
+    qs: list[Question] = []
+    stages = {s["index"]: s for s in doc.get("stages", [])}
+    if 1 in stages:
+        lib = stages[1]["library"]
+        qs.append(_ask("Which library read the images from disk in this run?", lib,
+                       ["PIL", "torchvision", "NumPy", "OpenCV"],
+                       f"Stage 1 ran {stages[1]['operation']} ({lib}), giving a "
+                       f"{_dims(stages[1]['output']['shape'])} {stages[1]['output']['dtype']} "
+                       "array."))
+        order = stages[1]["output"]["channel_order"]
+        if order in ("RGB", "BGR"):
+            qs.append(_ask("In which channel order did stage 1 hand over the pixels?", order,
+                           ["RGB", "BGR", "RGBA", "HSV"],
+                           f"Checked against an independent PIL decode of the same file: "
+                           f"{order}. Stage 2 converted it to "
+                           f"{stages.get(2, {}).get('output', {}).get('channel_order', '?')}."))
+    if 4 in stages:
+        shape = list(stages[4]["output"]["shape"])
+        if len(shape) == 4:
+            n, c, h, w = shape
+            qs.append(_ask("What shape did a training batch have when it reached the model?",
+                           _dims(shape),
+                           [_dims([n, h, w, c]), _dims([c, h, w]), _dims([h, w, c, n]),
+                            _dims([n, c, h // 2 or 1, w // 2 or 1])],
+                           f"Stage 4 stacked {n} images of {c} x {h} x {w}: N x C x H x W."))
+    pred = doc.get("prediction")
+    if pred:
+        kinds = [layer["kind"] for layer in pred["layers"]]
+        prob_layer = "softmax" if "softmax" in kinds else kinds[-1]
+        qs.append(_ask("Which layer turned the model's scores into probabilities?", prob_layer,
+                       ["ReLU", "pooling", "fully connected", "convolution"],
+                       f"The last layer ({prob_layer}) output sums to 1; its top class was "
+                       f"{pred['predicted']} at {pred['top_k'][0][1]:.2f}."))
+    epochs = doc.get("training", {}).get("epochs", [])
+    if len(epochs) >= 2:
+        first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]
+        fell = last < first
+        right = "It fell" if fell else "It did not fall"
+        qs.append(_ask("What did the training loss do over the epochs?", right,
+                       ["It fell", "It did not fall", "It stayed exactly the same",
+                        "It became NaN"],
+                       f"Epoch 1: {first:.3f}; epoch {epochs[-1]['epoch']}: {last:.3f}."))
+    return qs

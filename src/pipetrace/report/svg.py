@@ -1,0 +1,60 @@
+"""Small inline SVG charts for the HTML report (numbers in, markup out; no labels from data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+COLOURS = ("#1f6feb", "#d9480f", "#2f9e44", "#ae3ec9")
+
+
+def line_chart(xs: Sequence[int], series: dict[str, Sequence[float | None]], *, title: str,
+               y_range: tuple[float, float] | None = None, width: int = 420,
+               height: int = 220) -> str:
+    """Polylines with dots, axes and a legend; series with no values are left out."""
+    left, right, top, bottom = 44, 12, 26, 30
+    values = [v for s in series.values() for v in s if v is not None]
+    if not values or not xs:
+        return ""
+    lo, hi = y_range or (min(0.0, min(values)), max(values) * 1.05 or 1.0)
+    x0, x1 = min(xs), max(xs)
+
+    def px(x):
+        return left + (0.5 if x1 == x0 else (x - x0) / (x1 - x0)) * (width - left - right)
+
+    def py(y):
+        return top + (1 - (y - lo) / ((hi - lo) or 1)) * (height - top - bottom)
+
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{title}" xmlns="http://www.w3.org/2000/svg">',
+             f'<text x="{left}" y="16" class="t">{title}</text>']
+    for i in range(5):
+        y = lo + (hi - lo) * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                     f'class="grid"/><text x="{left - 4}" y="{py(y) + 4:.1f}" class="yl">{y:.2f}</text>')
+    for x in xs:
+        parts.append(f'<text x="{px(x):.1f}" y="{height - 10}" class="xl">{x}</text>')
+    legend_x = left + 4
+    for (name, ys), colour in zip(series.items(), COLOURS, strict=False):
+        pts = [(px(x), py(y)) for x, y in zip(xs, ys, strict=True) if y is not None]
+        if not pts:
+            continue
+        path = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{colour}"/>' for a, b in pts]
+        parts.append(f'<text x="{legend_x + 150}" y="16" fill="{colour}" class="lg">{name}</text>')
+        legend_x += 80
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def bar_rows(values: Sequence[float], *, width: int = 260, row: int = 22) -> str:
+    """Horizontal bars for probabilities (0-1), one per row; labels are added by the page."""
+    h = row * len(values)
+    parts = [f'<svg class="bars" viewBox="0 0 {width} {h}" xmlns="http://www.w3.org/2000/svg">']
+    for i, v in enumerate(values):
+        w = max(1.0, v * (width - 50))
+        parts.append(f'<rect x="0" y="{i * row + 3}" width="{w:.1f}" height="{row - 8}" '
+                     f'fill="{COLOURS[0]}"/><text x="{w + 4:.1f}" y="{i * row + row - 7}" '
+                     f'class="bl">{v:.3f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,166 @@
+"""The terminal view: the seed's tables and chart, printed with rich from the run's records.
+
+Nothing here computes a metric; it formats records. Every string that comes from a dataset
+or a checkpoint goes through :func:`clean` (no rich markup, no terminal escape sequences).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..files import safe_text
+from ..layers import LayerTrace
+from ..trace import StageRecord
+from ..train import EpochRecord, Observer, TrainResult
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(s: object) -> str:
+    """Printable, markup-free text: control characters shown as \\xNN, U+FFFD for bad bytes."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe_text(str(s)))
+    return escape(text)
+
+
+def make_console(file=None, *, width: int | None = None) -> Console:
+    """A console for stdout (or ``file``); colours and live bars only on a terminal.
+
+    Logs and pipes get 160 columns, so the tables stay readable instead of folding at 80.
+    """
+    file = file or sys.stdout
+    if width is None and not (hasattr(file, "isatty") and file.isatty()):
+        width = 160
+    return Console(file=file, width=width, highlight=False, soft_wrap=False)
+
+
+def stage_table(stages: Sequence[StageRecord], title: str = "Data flow") -> Table:
+    t = Table(title=title, title_justify="left", show_lines=False)
+    for col in ("#", "stage", "library", "input", "operation", "output", "µs/img"):
+        t.add_column(col, overflow="fold")
+    for s in stages:
+        out = s.output.short() if s.output.pytype != "metrics" else s.note
+        t.add_row(str(s.index), s.name, s.library, clean(s.input.short()), clean(s.operation),
+                  clean(out), f"{s.micros_per_item:,.1f}")
+    return t
+
+
+def epoch_table(records: Sequence[EpochRecord]) -> Table:
+    t = Table(title="Training trace", title_justify="left")
+    for col in ("epoch", "loss ↓", "acc ↑", "val loss", "val acc ↑", "lr", "s", "img/s"):
+        t.add_column(col, justify="right")
+    t.add_column("observation", overflow="fold", ratio=1)
+    for r in records:
+        t.add_row(*epoch_cells(r), r.observation)
+    return t
+
+
+def epoch_cells(r: EpochRecord) -> list[str]:
+    f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    return [str(r.epoch), f(r.train_loss, ".3f"), f(r.train_acc, ".3f"), f(r.val_loss, ".3f"),
+            f(r.val_acc, ".3f"), f(r.lr, ".2e"), f(r.seconds, ".1f"), f(r.images_per_s, ",.0f")]
+
+
+def ascii_chart(values: Sequence[float], *, label: str = "Loss", width: int = 40) -> str:
+    """The seed's chart: one bar of '*' per epoch, longest for the largest value."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    top = max(finite, default=1.0) or 1.0
+    lines = [label]
+    for i, v in enumerate(values, start=1):
+        n = round(width * v / top) if v in finite else 0
+        lines.append(f"{i:>3} {v:>7.3f} |{'*' * max(n, 0)}")
+    return "\n".join(lines)
+
+
+def layer_table(trace: LayerTrace, title: str = "Prediction trace") -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("layer", "name", "kind", "output shape", "params", "statistic", "µs"):
+        t.add_column(col, overflow="fold")
+    for r in trace.layers:
+        shape = " x ".join(str(d) for d in r.output_shape)
+        t.add_row(str(r.index), clean(r.name), clean(r.kind), shape, f"{r.params:,}",
+                  clean(r.stat), f"{r.micros:,.0f}")
+    return t
+
+
+def top_k_lines(trace: LayerTrace, width: int = 30) -> str:
+    lines = []
+    for c, p in trace.top_k:
+        lines.append(f"  {clean(c):<16} {p:6.3f} {'█' * round(p * width)}")
+    return "\n".join(lines)
+
+
+def print_training(console: Console, result: TrainResult) -> None:
+    """The end of a run: the epoch table, the loss chart, per-class accuracy, skipped files."""
+    console.print(epoch_table(result.records))
+    console.print(ascii_chart([r.train_loss for r in result.records]), markup=False)
+    if result.confusion:
+        accs = result.per_class_accuracy
+        parts = [f"{clean(c)} {a:.2f}" if a is not None else f"{clean(c)} -"
+                 for c, a in zip(result.classes, accs, strict=True)]
+        console.print("Per-class validation accuracy: " + ", ".join(parts))
+    if result.bad_files:
+        console.print(f"[yellow]Skipped {len(result.bad_files)} unreadable file(s):[/]")
+        for _path, reason in result.bad_files[:10]:
+            console.print(f"  {clean(reason)}")
+        if len(result.bad_files) > 10:
+            console.print(f"  ... and {len(result.bad_files) - 10} more (see trace.json)")
+    if result.stopped:
+        console.print(f"[red]Stopped: {clean(result.stopped)}[/]")
+
+
+class TerminalObserver(Observer):
+    """Progress over batches (only on a terminal) and one line per epoch as it ends."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Progress | None = None
+        self.task = None
+        self.t0 = time.perf_counter()
+
+    def on_train_start(self, info: dict) -> None:
+        ds, cfg = info["dataset"], info["config"]
+        self.console.print(
+            f"Training [bold]{clean(cfg.model)}[/] ({info['params']:,} parameters) on "
+            f"{ds['train_images']:,} images, validating on {ds['val_images']:,} "
+            f"({clean(ds['val_source'])}); {ds['classes']} classes; device {info['device']}, "
+            f"mixed precision {info['amp']}, batch {cfg.batch_size}"
+            + (f" x {info['dist'].world_size} processes" if info["dist"].enabled else ""))
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"),
+                                     TextColumn("loss {task.fields[loss]:.3f}"),
+                                     TextColumn("{task.fields[rate]:,.0f} img/s"),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress.start()
+
+    def on_batch_end(self, epoch, step, steps, loss, images_per_s) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=steps, epoch=epoch, loss=loss,
+                                               rate=images_per_s)
+        self.progress.update(self.task, completed=step, total=steps, epoch=epoch, loss=loss,
+                             rate=images_per_s)
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        cells = epoch_cells(record)
+        self.console.print(
+            f"epoch {cells[0]:>3}  loss {cells[1]}  acc {cells[2]}  val loss {cells[3]}  "
+            f"val acc {cells[4]}  {cells[6]} s  {cells[7]} img/s  {record.observation}",
+            markup=False)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

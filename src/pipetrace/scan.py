@@ -1,0 +1,142 @@
+"""Find the images of an ImageFolder dataset (``root/<class>/<file>``), without surprises.
+
+Unlike torchvision's ``ImageFolder``: hidden folders, ``__MACOSX`` and ``.ipynb_checkpoints``
+are not classes; an empty class folder keeps its index (so nothing shifts) instead of
+refusing the whole dataset; symlinks are followed, but never in a loop, never out of the
+root and never twice to the same folder; every file that is not used is counted with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+JUNK_FOLDERS = ("__MACOSX", ".ipynb_checkpoints", "__pycache__")
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation", "test")}
+
+
+@dataclass
+class FolderScan:
+    """The result of scanning one split: what will be loaded and what was left out, and why."""
+
+    root: str
+    classes: list[str]  # index -> class name, sorted as ImageFolder sorts (str order)
+    samples: list[tuple[str, int]] = field(default_factory=list)  # (path, class index)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, including empty classes."""
+        n = dict.fromkeys(self.classes, 0)
+        for _, label in self.samples:
+            n[self.classes[label]] += 1
+        return n
+
+
+def is_hidden_or_junk(name: str) -> bool:
+    return name.startswith(".") or name in JUNK_FOLDERS
+
+
+def _inside(path: str, root_real: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _walk_files(top: str, root_real: str, seen_dirs: set[str], ignored: list) -> list[str]:
+    """Files under ``top``, sorted; follow symlinks once, stay inside the root."""
+    real = os.path.realpath(top)
+    if real in seen_dirs:
+        ignored.append((top, "folder already scanned through another path (symlink alias or loop)"))
+        return []
+    if not _inside(real, root_real):
+        ignored.append((top, "symlink points outside the dataset root"))
+        return []
+    seen_dirs.add(real)
+    files: list[str] = []
+    try:
+        entries = sorted(os.scandir(top), key=lambda e: e.name)
+    except OSError as exc:
+        ignored.append((top, f"cannot list folder: {exc.strerror or exc}"))
+        return []
+    for entry in entries:
+        path = entry.path
+        if is_hidden_or_junk(entry.name):
+            ignored.append((path, "hidden or system file/folder"))
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            files.extend(_walk_files(path, root_real, seen_dirs, ignored))
+        elif entry.is_symlink() and not os.path.exists(path):
+            ignored.append((path, "broken symlink"))
+        elif entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
+            ignored.append((path, "symlink points outside the dataset root"))
+        elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            ignored.append((path, "not an image file extension"))
+        else:
+            files.append(path)
+    return files
+
+
+def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None) -> FolderScan:
+    """Scan ``root/<class>/**/<image>``; ``classes`` fixes the class list (e.g. from train/)."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset folder {root!r} does not exist or is not a folder")
+    root_real = os.path.realpath(root)
+    ignored: list[tuple[str, str]] = []
+    found = sorted(
+        e.name for e in os.scandir(root)
+        if not is_hidden_or_junk(e.name) and e.is_dir(follow_symlinks=True)
+    )
+    for e in os.scandir(root):
+        if is_hidden_or_junk(e.name):
+            ignored.append((e.path, "hidden or system file/folder"))
+        elif not e.is_dir(follow_symlinks=True):
+            ignored.append((e.path, "file at the top level (not in a class folder)"))
+    if classes is None:
+        classes = found
+    if not classes:
+        raise ValueError(f"no class folders in {root!r}: expected root/<class>/<image files>")
+    known = set(classes)
+    scan = FolderScan(root=root, classes=list(classes), ignored=ignored)
+    seen_dirs: set[str] = set()
+    for name in found:
+        folder = os.path.join(root, name)
+        if name not in known:
+            scan.ignored.append((folder, "class not in the training classes"))
+            continue
+        label = scan.class_to_idx[name]
+        for path in _walk_files(folder, root_real, seen_dirs, scan.ignored):
+            scan.samples.append((path, label))
+    return scan
+
+
+@dataclass
+class DatasetSplits:
+    """Train and validation scans of one dataset folder."""
+
+    root: str
+    train: FolderScan
+    val: FolderScan | None  # None: no val/ or test/ folder; the trainer splits train
+    layout: str  # "train+val", "train+test" ... or "single"
+
+
+def find_splits(root: str | os.PathLike) -> DatasetSplits:
+    """Use ``root/train`` + ``root/val`` (or test/valid) when present, else ``root`` itself."""
+    root = Path(root)
+    train_dir = root / "train"
+    if train_dir.is_dir():
+        train = scan_image_folder(train_dir)
+        for name in SPLIT_NAMES["val"]:
+            if (root / name).is_dir():
+                val = scan_image_folder(root / name, classes=train.classes)
+                return DatasetSplits(str(root), train, val, f"train+{name}")
+        return DatasetSplits(str(root), train, None, "train")
+    return DatasetSplits(str(root), scan_image_folder(root), None, "single")

@@ -1,0 +1,647 @@
+"""Stage 5: train a CNN on batches and record the true epoch-by-epoch trace.
+
+``fit(cfg)`` is the whole job: scan the dataset, build the loaders and the model, then a
+plain ``for epoch in range(...)`` loop that returns an :class:`EpochRecord` per epoch,
+writes ``metrics.jsonl``/``metrics.csv`` and the ``last``/``best`` checkpoints as each epoch
+ends, and tells observers (the terminal view, TensorBoard) what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import checkpoint as ckpt_io
+from .data import (
+    Batch,
+    ImageDataset,
+    LoaderConfig,
+    check_files,
+    make_loader,
+    split_samples,
+    to_model_input,
+)
+from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier
+from .files import write_text_atomic
+from .images import LoadLimits
+from .model import ModelConfig, build_model, count_parameters
+from .observations import Point, observe
+from .scan import find_splits
+from .trace import BatchProbe, StageRecord, summarize, trace_sample, train_stage_record
+from .transforms import AUGMENTS, BatchAugment, Preprocess, channel_stats, with_dataset_stats
+
+PRESETS: dict[str, dict] = {
+    # The built-in shapes at the seed's 224 x 224 (see `pipetrace demo`).
+    "demo": dict(model="pipenet-s", epochs=5, batch_size=32, image_size=224, crop_pct=1.0,
+                 optimizer="adamw", lr=2e-3, schedule="onecycle", augment="flip"),
+    # CIFAR-10 from JPEG files on a CPU: an airbench-style recipe (see docs/performance.md).
+    "cifar": dict(model="cifarnet", epochs=10, batch_size=512, image_size=32, crop_pct=1.0,
+                  optimizer="sgd", lr=0.2, momentum=0.85, weight_decay=5e-4, schedule="onecycle",
+                  warmup_pct=0.2, label_smoothing=0.2, augment="crop-flip", tta=True),
+    # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
+    "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
+                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on; saved as ``config.json`` in the run folder."""
+
+    data: str = ""  # ImageFolder root: train/ + val/ (or test/), or class folders directly
+    out: str = "runs/train"  # run folder for checkpoints, metrics, plots and the report
+    model: str = "pipenet-s"  # built-in CNN or torchvision architecture name
+    weights: str | None = None  # initial weights (state dict or pipetrace checkpoint)
+    epochs: int = 5  # passes over the training set
+    batch_size: int = 32  # images per step and process (global batch = this x world size)
+    image_size: int = 224  # side of the square model input, pixels
+    crop_pct: float = 0.875  # eval: resize short side to image_size / crop_pct, centre-crop
+    optimizer: str = "adamw"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float = 2e-3  # peak learning rate
+    schedule: str = "onecycle"  # "onecycle", "cosine" (after linear warm-up) or "constant"
+    warmup_pct: float = 0.25  # share of steps spent warming up to the peak learning rate
+    weight_decay: float = 5e-4  # L2 / decoupled weight decay
+    momentum: float = 0.9  # SGD momentum
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
+    augment: str = "flip"  # "none", "flip", "crop-flip" (pad + random crop) or "rrc"
+    workers: int = 0  # DataLoader workers per process; measure before raising (2 cores!)
+    seed: int = 0  # same seed, same CPU: same metrics
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    amp: str = "auto"  # "auto", "off", "bf16" or "fp16" mixed precision
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
+    val_fraction: float = 0.1  # held out of train when there is no val/ or test/ folder
+    stats: str = "imagenet"  # normalization statistics: "imagenet" or "dataset"
+    loader: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
+    tta: bool = False  # evaluate on the image and its mirror, average the logits
+    trace_every: int = 50  # record the model input's statistics every N steps (0: never)
+    on_bad_image: str = "skip"  # "skip" (count and list) or "error"
+    max_bad_fraction: float = 0.1  # refuse to start if more files than this are unreadable
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    max_image_pixels: int = LoadLimits().max_pixels  # refuse larger images from the header
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of the training trace."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float  # learning rate at the end of the epoch
+    seconds: float  # wall time of the epoch, validation included
+    images_per_s: float  # training images per second (all processes)
+    bad_images: int = 0  # files skipped in this epoch
+    observation: str = ""  # what the curve shows, in words
+    observation_kind: str = ""  # one of observations.KINDS
+
+    def point(self) -> Point:
+        return Point(self.train_loss, self.train_acc, self.val_loss, self.val_acc)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; the report renders this, it computes nothing itself."""
+
+    run_dir: str
+    config: TrainConfig
+    classes: list[str]
+    preprocess: Preprocess
+    model_config: ModelConfig
+    records: list[EpochRecord]
+    confusion: list[list[int]]  # [true][predicted] counts on the validation set
+    stages: list[StageRecord]  # the data flow as it ran (first batch)
+    stage_pictures: dict[int, np.ndarray]  # thumbnail as each stage left it, (H, W, 3) uint8
+    probes: list[dict]  # sampled model-input statistics
+    bad_files: list[tuple[str, str]]  # (path, reason) skipped
+    params: int
+    dist: DistInfo = field(default_factory=DistInfo)
+    dataset: dict = field(default_factory=dict)  # split layout and counts
+    timing: dict = field(default_factory=dict)  # seconds: total, data, train
+    stopped: str = ""  # "" | "interrupted" | "diverged: ..."
+
+    @property
+    def per_class_accuracy(self) -> list[float | None]:
+        return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion)]
+
+
+class Observer:
+    """Hooks for views of a run; every method is optional."""
+
+    def on_train_start(self, info: dict) -> None: ...
+    def on_batch_end(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None: ...
+    def on_epoch_end(self, record: EpochRecord) -> None: ...
+    def on_train_end(self, result: TrainResult) -> None: ...
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DatasetRefused(ValueError):
+    """Too many unreadable files to train on (``max_bad_fraction``)."""
+
+
+# -- set-up --------------------------------------------------------------------------------------
+
+def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision dtype: bf16 where the hardware does it natively, fp16 on older GPUs."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # CPUs with AVX512-BF16 / AMX run bf16 convolutions several times faster than fp32.
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffling and augmentation: resume needs nothing else."""
+    return seed * 1_000_003 + epoch
+
+
+@dataclass
+class DataSetup:
+    classes: list[str]
+    preprocess: Preprocess
+    train_set: ImageDataset
+    val_set: ImageDataset | None
+    bad_files: list[tuple[str, str]]
+    info: dict
+
+
+def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
+    """Scan, split, pre-check the files' headers and build both datasets."""
+    splits = find_splits(cfg.data)
+    classes = splits.train.classes
+    train_samples = splits.train.samples
+    if splits.val is not None:
+        val_samples = splits.val.samples
+    elif cfg.val_fraction > 0:
+        train_samples, val_samples = split_samples(train_samples, cfg.val_fraction, cfg.seed)
+    else:
+        val_samples = []
+    limits = LoadLimits(max_pixels=cfg.max_image_pixels)
+    train_samples, bad_train = check_files(train_samples, limits)
+    val_samples, bad_val = check_files(val_samples, limits)
+    bad = bad_train + bad_val
+    total = len(train_samples) + len(val_samples) + len(bad)
+    if total == 0:
+        raise DatasetRefused(f"no image files found in {cfg.data!r}")
+    if len(bad) / total > cfg.max_bad_fraction:
+        shown = "; ".join(reason for _, reason in bad[:3])
+        raise DatasetRefused(
+            f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
+            f"max_bad_fraction={cfg.max_bad_fraction}: {shown}")
+    pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
+    make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
+    train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment, **make)
+    if preprocess is None and cfg.stats == "dataset":
+        pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))
+        train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment, **make)
+    val_set = ImageDataset(val_samples, pre, train=False, **make) if val_samples else None
+    info = {
+        "root": str(cfg.data), "layout": splits.layout, "classes": len(classes),
+        "train_images": len(train_samples), "val_images": len(val_samples),
+        "val_source": splits.layout if splits.val is not None else
+        (f"{cfg.val_fraction:.0%} of train (seed {cfg.seed})" if val_samples else "none"),
+        "ignored_files": len(splits.train.ignored) + (len(splits.val.ignored) if splits.val else 0),
+        "bad_files": len(bad),
+        "train_counts": _counts(train_samples, classes),
+    }
+    return DataSetup(classes, pre, train_set, val_set, bad, info)
+
+
+def _counts(samples, classes) -> dict[str, int]:
+    n = dict.fromkeys(classes, 0)
+    for _, label in samples:
+        n[classes[label]] += 1
+    return n
+
+
+def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int = 2000):
+    """Per-channel mean/std of (up to ``max_images``) training images at the model's size."""
+    ds = ImageDataset(samples[:: max(1, len(samples) // max_images)], pre, path="fast",
+                      limits=limits)
+    loader = make_loader(ds, LoaderConfig(batch_size=256), shuffle=False)
+    return channel_stats(b.images for b in loader if len(b))
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
+    """Optimizer (no weight decay on norms and biases) and a per-step LR schedule."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use 'sgd' or 'adamw'")
+    total_steps = max(total_steps, 1)
+    warmup = max(1, int(cfg.warmup_pct * total_steps))
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total_steps + 1, pct_start=cfg.warmup_pct,
+            anneal_strategy="linear", cycle_momentum=False, div_factor=25, final_div_factor=250)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
+            1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total_steps - warmup))))))
+    elif cfg.schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine or constant")
+    return opt, sched
+
+
+# -- one epoch -----------------------------------------------------------------------------------
+
+@dataclass
+class _Sums:
+    """Loss, correct and count summed on the device; synchronised once per epoch."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device) -> _Sums:
+        z = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(), z(), z())
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss += loss.detach().double() * n
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.count += n
+
+    def reduce(self, dist: DistInfo) -> tuple[float, float, int]:
+        t = all_reduce_sum(torch.stack([self.loss, self.correct, self.count]), dist).tolist()
+        return t[0] / max(t[2], 1), t[1] / max(t[2], 1), int(t[2])
+
+
+@dataclass
+class _Loop:
+    """The pieces a step needs, built once."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    criterion: nn.Module
+    device: torch.device
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    pre: Preprocess
+    channels_last: bool
+    augment: BatchAugment
+
+
+def _autocast(loop: _Loop):
+    if loop.amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(loop.device.type, dtype=loop.amp)
+
+
+def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchProbe,
+                    observers: Sequence[Observer], dist: DistInfo, step0: int) -> dict:
+    """One pass over the training loader; returns loss, accuracy, counts and timing."""
+    loop.model.train()
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    sums = _Sums.zeros(loop.device)
+    bad: list[tuple[int, str]] = []
+    t0 = time.perf_counter()
+    data_time = 0.0
+    steps = len(loader)
+    t_data = time.perf_counter()
+    for step, batch in enumerate(loader):
+        batch: Batch
+        bad.extend(batch.bad)
+        if len(batch) == 0:
+            continue
+        x = to_model_input(batch.images, loop.pre, device=loop.device,
+                           channels_last=loop.channels_last, augment=loop.augment, generator=gen)
+        y = batch.labels.to(loop.device, non_blocking=True)
+        data_time += time.perf_counter() - t_data
+        if probe.wants(step0 + step):
+            probe.record(step0 + step, x, loop.pre.colour_order)
+        with _autocast(loop):
+            logits = loop.model(x)
+            loss = loop.criterion(logits.float(), y)
+        loop.opt.zero_grad(set_to_none=True)
+        if loop.scaler is not None:
+            loop.scaler.scale(loss).backward()
+            loop.scaler.step(loop.opt)
+            loop.scaler.update()
+        else:
+            loss.backward()
+            loop.opt.step()
+        loop.sched.step()
+        sums.add(loss, logits, y)
+        if observers and (step % 10 == 0 or step == steps - 1):
+            rate = float(sums.count) * dist.world_size / (time.perf_counter() - t0)
+            for o in observers:
+                o.on_batch_end(epoch, step + 1, steps, float(loss.detach()), rate)
+        t_data = time.perf_counter()
+    loss, acc, n = sums.reduce(dist)
+    seconds = time.perf_counter() - t0
+    return {"loss": loss, "acc": acc, "count": n, "seconds": seconds, "data_seconds": data_time,
+            "bad": bad}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, channels_last=True,
+             tta: bool = False, num_classes: int, dist: DistInfo = DistInfo()) -> dict:
+    """Loss, accuracy and confusion matrix over the whole validation set (all ranks)."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss()
+    sums = _Sums.zeros(device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    bad = []
+    ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    for batch in loader:
+        bad.extend(batch.bad)
+        if len(batch) == 0:
+            continue
+        x = to_model_input(batch.images, pre, device=device, channels_last=channels_last)
+        y = batch.labels.to(device, non_blocking=True)
+        with ctx:
+            logits = model(x).float()
+            if tta:
+                logits = 0.5 * (logits + model(x.flip(-1)).float())
+        sums.add(criterion(logits, y), logits, y)
+        confusion += torch.bincount(y * num_classes + logits.argmax(1),
+                                    minlength=num_classes * num_classes)
+    loss, acc, n = sums.reduce(dist)
+    confusion = all_reduce_sum(confusion, dist)
+    return {"loss": loss, "acc": acc, "count": n, "bad": bad,
+            "confusion": confusion.view(num_classes, num_classes).cpu().tolist()}
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+def _metrics_files(run: Path, records: list[EpochRecord]) -> None:
+    rows = [asdict(r) for r in records]
+    write_text_atomic(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    write_text_atomic(run / "metrics.csv", buf.getvalue())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, classes, pre,
+                    model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
+    """Everything needed to resume or to serve, as plain tensors and data."""
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    return {
+        "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
+        "model_state": net.state_dict(), "optimizer_state": opt.state_dict(),
+        "scheduler_state": sched.state_dict(),
+        "scaler_state": scaler.state_dict() if scaler is not None else None,
+        "rng": _rng_state(), "epoch": epoch, "best_acc": best_acc,
+        "history": [asdict(r) for r in records], "classes": list(classes),
+        "preprocess": pre.to_dict(), "model_config": model_cfg.to_dict(),
+        "train_config": cfg.to_dict(),
+    }
+
+
+def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = False,
+        dist: DistInfo = DistInfo()) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; write the run folder; return the trace.
+
+    With ``resume=True`` the run continues from ``cfg.out/last.pt``: later epochs match an
+    uninterrupted run with the same seed (each epoch's shuffle and augmentation are seeded
+    from the seed and the epoch number; RNG states travel in the checkpoint).
+    """
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {AUGMENTS}")
+    t_start = time.perf_counter()
+    run = Path(cfg.out)
+    state = None
+    if resume:
+        state = ckpt_io.load_checkpoint(run / "last.pt")
+        # Resume continues the saved plan (epochs, schedule); only where it runs may change.
+        cfg = replace(TrainConfig.from_dict(state["train_config"]), out=cfg.out,
+                      workers=cfg.workers, device=cfg.device)
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device, dist)
+    amp = resolve_amp(cfg.amp, device)
+    pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
+    setup = prepare_data(cfg, pre0)
+    pre, classes = setup.preprocess, setup.classes
+    if state and state["classes"] != classes:
+        raise ckpt_io.CheckpointError(run / "last.pt", "the dataset's classes changed since "
+                                      "the checkpoint was written")
+    model_cfg = ModelConfig(cfg.model, len(classes))
+    model = build_model(model_cfg)
+    if cfg.weights and not state:
+        _load_initial_weights(model, cfg.weights)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = model
+    if dist.enabled:
+        if cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    lcfg = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, path=cfg.loader,
+                        channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image)
+    train_sampler = None
+    if dist.enabled:
+        train_sampler = torch.utils.data.DistributedSampler(
+            setup.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+            seed=cfg.seed, drop_last=True)
+    train_loader = make_loader(setup.train_set, lcfg, shuffle=True, seed=cfg.seed,
+                               sampler=train_sampler, drop_last=len(setup.train_set) > cfg.batch_size)
+    val_loader = None
+    if setup.val_set is not None:
+        val_loader = make_loader(setup.val_set, replace(lcfg, batch_size=max(cfg.batch_size, 256)),
+                                 shuffle=False, sampler=ShardSampler(len(setup.val_set), dist)
+                                 if dist.enabled else None)
+    steps_per_epoch = len(train_loader)
+    opt, sched = build_optimizer(cfg, net, steps_per_epoch * cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    loop = _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                 device, amp, scaler, pre, cfg.channels_last,
+                 BatchAugment.for_preset(cfg.augment, pre.size) if cfg.loader == "fast"
+                 else BatchAugment())
+    records: list[EpochRecord] = []
+    start_epoch, best_acc = 0, -1.0
+    if state:
+        model.load_state_dict(state["model_state"])
+        opt.load_state_dict(state["optimizer_state"])
+        sched.load_state_dict(state["scheduler_state"])
+        if scaler is not None and state.get("scaler_state"):
+            scaler.load_state_dict(state["scaler_state"])
+        _set_rng_state(state["rng"])
+        start_epoch, best_acc = state["epoch"], state["best_acc"]
+        records = [EpochRecord(**r) for r in state["history"]]
+    if dist.is_main:
+        write_text_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    stages, pictures = first_batch_stages(train_loader, loop, cfg) if dist.is_main else ([], {})
+    probe = BatchProbe(every=cfg.trace_every)
+    info = {"config": cfg, "dataset": setup.info, "device": str(device),
+            "amp": str(amp).removeprefix("torch.") if amp else "off",
+            "params": count_parameters(model), "dist": dist, "start_epoch": start_epoch,
+            "steps_per_epoch": steps_per_epoch, "classes": classes}
+    for o in observers:
+        o.on_train_start(info)
+    bad_files = list(setup.bad_files)
+    confusion: list[list[int]] = []
+    stopped = ""
+    ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+            tr = train_one_epoch(loop, train_loader, epoch=epoch + 1, seed=cfg.seed, probe=probe,
+                                 observers=observers if dist.is_main else (), dist=dist,
+                                 step0=epoch * steps_per_epoch)
+            ev = {"loss": None, "acc": None, "confusion": [], "bad": []}
+            if val_loader is not None:
+                ev = evaluate(net, val_loader, pre, device=device, amp=amp,
+                              channels_last=cfg.channels_last, tta=cfg.tta,
+                              num_classes=len(classes), dist=dist)
+            confusion = ev["confusion"]
+            bad_now = _name_bad(setup.train_set, tr["bad"]) + _name_bad(setup.val_set, ev["bad"])
+            bad_files.extend(b for b in bad_now if b not in bad_files)
+            seconds = time.perf_counter() - t_epoch
+            record = EpochRecord(
+                epoch=epoch + 1, train_loss=tr["loss"], train_acc=tr["acc"],
+                val_loss=ev["loss"], val_acc=ev["acc"], lr=opt.param_groups[0]["lr"],
+                seconds=seconds, images_per_s=tr["count"] / max(tr["seconds"], 1e-9),
+                bad_images=len(bad_now))
+            obs = observe([r.point() for r in records] + [record.point()], len(classes))
+            record = replace(record, observation=obs.text, observation_kind=obs.kind)
+            records.append(record)
+            if not math.isfinite(tr["loss"]):
+                stopped = (f"diverged: loss became {tr['loss']} in epoch {epoch + 1}; the last "
+                           "good checkpoint is kept")
+                if dist.is_main:
+                    _metrics_files(run, records)
+                for o in observers:
+                    o.on_epoch_end(record)
+                raise TrainingDiverged(stopped)
+            acc_now = record.val_acc if record.val_acc is not None else record.train_acc
+            if dist.is_main:
+                _metrics_files(run, records)
+                is_best = acc_now > best_acc
+                best_acc = max(best_acc, acc_now)
+                c = make_checkpoint(model=net, opt=opt, sched=sched, scaler=scaler,
+                                    epoch=epoch + 1, records=records, best_acc=best_acc, **ckpt_kw)
+                ckpt_io.save_checkpoint(run / "last.pt", c)
+                if is_best:
+                    ckpt_io.save_checkpoint(run / "best.pt", c)
+            barrier(dist)
+            for o in observers if dist.is_main else ():
+                o.on_epoch_end(record)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    stages = [*stages, _stage5(stages, records, count_parameters(model), cfg.model)] if records else stages
+    result = TrainResult(
+        run_dir=str(run), config=cfg, classes=classes, preprocess=pre, model_config=model_cfg,
+        records=records, confusion=confusion, stages=stages, stage_pictures=pictures,
+        probes=probe.samples,
+        bad_files=bad_files, params=count_parameters(model), dist=dist, dataset=setup.info,
+        timing={"total_seconds": time.perf_counter() - t_start}, stopped=stopped)
+    for o in observers if dist.is_main else ():
+        o.on_train_end(result)
+    return result
+
+
+def _name_bad(dataset: ImageDataset | None, bad: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    if dataset is None:
+        return []
+    return [(dataset.samples[i][0], reason) for i, reason in bad]
+
+
+def _load_initial_weights(model: nn.Module, path: str) -> None:
+    data = ckpt_io.read_checkpoint_file(path)
+    state = data.get("model_state", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ckpt_io.CheckpointError(path, "holds no state dict")
+    ckpt_io.check_finite(state, path)
+    ckpt_io.load_state_into(model, state, path, strict=False)
+
+
+def first_batch_stages(loader, loop: _Loop, cfg: TrainConfig
+                       ) -> tuple[list[StageRecord], dict[int, np.ndarray]]:
+    """Stages 1-4 for the first training batch, traced with the loader's real functions.
+
+    The loader's generator is reseeded at each epoch, so this batch is the one epoch 1 sees.
+    """
+    with torch.random.fork_rng(devices=[]):  # tracing must not shift training's random stream
+        loader.generator.manual_seed(epoch_seed(cfg.seed, 0))
+        for batch in loader:
+            if len(batch):
+                return trace_sample(loader.dataset, batch, device=loop.device,
+                                    channels_last=cfg.channels_last, augment=loop.augment)
+    return [], {}
+
+
+def _stage5(stages: list[StageRecord], records: list[EpochRecord], params: int,
+            model_name: str) -> StageRecord:
+    last = records[-1]
+    batch_in = stages[-1].output if stages else summarize(torch.empty(0))
+    return train_stage_record(batch_in, loss=last.train_loss, accuracy=last.train_acc,
+                              params=params, micros_per_item=1e6 / max(last.images_per_s, 1e-9),
+                              model_name=model_name)
