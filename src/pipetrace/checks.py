@@ -113,6 +113,8 @@ def check_normalization(s: Summary, pre: Preprocess, where: str = "4 batch") -> 
     """Skipped or doubled Normalize, judged from the batch's range against what is possible."""
     if s.min is None or s.dtype.startswith("uint8") or len(s.mean) != len(pre.mean):
         return []
+    if s.min >= 0 and s.max > 2.0:  # un-normalized 0-255 floats: check_scale's finding
+        return []
     lo, hi = normalized_bounds(pre)
     if s.min >= 0 and s.max <= 1.0 + 1e-6 and lo.min() < -0.5:
         return [Finding("normalization", "error", where, "Normalize was skipped",

@@ -143,7 +143,10 @@ def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed
         pin_memory=pin,
         drop_last=drop_last,
         worker_init_fn=_worker_init if cfg.workers > 0 else None,
-        persistent_workers=cfg.workers > 0,
+        # Fresh workers each epoch: their seeds then come from the generator we reseed per
+        # epoch, so shuffling and per-image augmentation are the same with or without
+        # workers and after a resume (persistent workers keep the first epoch's state).
+        persistent_workers=False,
         prefetch_factor=4 if cfg.workers > 0 else None,
         generator=generator,
     )

@@ -77,7 +77,7 @@ def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Su
         return Summary("PIL.Image.Image", s.shape, f"{s.dtype} (mode {obj.mode})", "HWC",
                        channel_order, s.min, s.max, s.mean, s.std, s.nbytes)
     if isinstance(obj, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(obj))
+        t = torch.from_numpy(np.array(obj))  # a copy: PIL's arrays are read-only
         lay = layout or ("HWC" if obj.ndim == 3 and obj.shape[-1] in (1, 3, 4) else
                          "HW" if obj.ndim == 2 else "?")
         s = _tensor_stats(t, lay)
@@ -93,16 +93,17 @@ def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Su
 
 
 def guess_layout(t: torch.Tensor) -> str:
-    """Name a tensor's layout from its shape: channels are the dimension of size 1, 3 or 4."""
-    if t.ndim == 3:
-        if t.shape[0] in (1, 3, 4):
-            return "CHW"
-        return "HWC" if t.shape[-1] in (1, 3, 4) else "?"
-    if t.ndim == 4:
-        if t.shape[1] in (1, 3, 4):
-            return "NCHW"
-        return "NHWC" if t.shape[-1] in (1, 3, 4) else "?"
-    return {1: "N", 2: "NC"}.get(t.ndim, "?")
+    """Name a tensor's layout from its shape: channels are the dimension of size 3 (or 1, or 4)."""
+    if t.ndim not in (3, 4):
+        return {1: "N", 2: "NC"}.get(t.ndim, "?")
+    first, last = t.shape[t.ndim - 3], t.shape[-1]
+    names = ("CHW", "HWC") if t.ndim == 3 else ("NCHW", "NHWC")
+    for sizes in ((3,), (1,), (4,)):  # 3 channels is by far the likeliest, then grey, then RGBA
+        if first in sizes:
+            return names[0]
+        if last in sizes:
+            return names[1]
+    return "?"
 
 
 def _tensor_stats(t: torch.Tensor, layout: str):

@@ -282,7 +282,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     warmup = max(1, int(cfg.warmup_pct * total_steps))
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total_steps + 1, pct_start=cfg.warmup_pct,
+            opt, max_lr=cfg.lr, total_steps=total_steps + 1,
+            pct_start=min(0.9, max(cfg.warmup_pct, 2 / total_steps)),  # >= 2 warm-up steps
             anneal_strategy="linear", cycle_momentum=False, div_factor=25, final_div_factor=250)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
@@ -540,7 +541,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     info = {"config": cfg, "dataset": setup.info, "device": str(device),
             "amp": str(amp).removeprefix("torch.") if amp else "off",
             "params": count_parameters(model), "dist": dist, "start_epoch": start_epoch,
-            "steps_per_epoch": steps_per_epoch, "classes": classes}
+            "steps_per_epoch": steps_per_epoch, "classes": classes, "model": net}
     for o in observers:
         o.on_train_start(info)
     bad_files = list(setup.bad_files)

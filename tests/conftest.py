@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny synthetic images written with cv2.imwrite, and the real data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_CACHE = Path(os.path.expanduser("~")) / ".cache" / "pipetrace-data"
+
+
+def write_image(path: Path, bgr: np.ndarray, params=()) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, bgr, list(params))
+    assert ok, path
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def coloured_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 BGR with clearly different channels (so a swap is visible)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None, :]  # blue ramps left-right
+    img[..., 1] = 90
+    img[..., 2] = np.linspace(255, 0, h, dtype=np.uint8)[:, None]  # red ramps top-down
+    return np.clip(img.astype(int) + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """root/train/{a,b}/*.png|jpg and root/val/{a,b}/*: 6 + 2 images per class, 40 x 40."""
+    root = tmp_path / "data"
+    for split, n in (("train", 6), ("val", 2)):
+        for c, cls in enumerate(("a", "b")):
+            for i in range(n):
+                img = coloured_image(40, 40, seed=100 * c + i)
+                if cls == "b":
+                    img = 255 - img
+                ext = ".png" if i % 2 else ".jpg"
+                write_image(root / split / cls / f"{cls}{i}{ext}", img)
+    return root
+
+
+def _unpacked(name: str, archive: str) -> Path:
+    target = DATA_CACHE / name
+    if target.is_dir():
+        return target
+    src = SHARED_DATA / archive
+    if not src.is_file():
+        pytest.skip(f"real data not available: {src} is missing (CI has it)")
+    DATA_CACHE.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(src) as tf:
+        tf.extractall(DATA_CACHE, filter="data")
+    return target
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    """The 245 ant and bee photos (hymenoptera/train/{ants,bees})."""
+    return _unpacked("hymenoptera", "hymenoptera-train.tar") / "train"
+
+
+@pytest.fixture(scope="session")
+def cifar() -> Path:
+    """CIFAR-10 as JPEG files: cifar10/{train,test}/<class>/*.jpg."""
+    return _unpacked("cifar10", "cifar10-jpg.tar.gz")
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the real entry point (`python -m pipetrace`) in a subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipetrace", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

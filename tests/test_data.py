@@ -1,0 +1,55 @@
+"""Stage 4: batches of N x 3 x H x W, bad files skipped and listed, splits seeded."""
+
+import torch
+
+from pipetrace.data import (
+    ImageDataset,
+    LoaderConfig,
+    collate,
+    make_loader,
+    split_samples,
+    to_model_input,
+)
+from pipetrace.scan import find_splits
+from pipetrace.transforms import Preprocess
+
+
+def test_loader_yields_nchw_batches_for_both_paths(image_folder):
+    samples = find_splits(image_folder).train.samples
+    pre = Preprocess(size=32, crop_pct=1.0)
+    shapes = {}
+    for path in ("fast", "classic"):
+        ds = ImageDataset(samples, pre, path=path)
+        batch = next(iter(make_loader(ds, LoaderConfig(batch_size=5), shuffle=False)))
+        x = to_model_input(batch.images, pre)
+        shapes[path] = tuple(x.shape)
+        assert x.dtype == torch.float32
+        assert batch.images.dtype == (torch.uint8 if path == "fast" else torch.float32)
+    assert shapes["fast"] == shapes["classic"] == (5, 3, 32, 32)
+
+
+def test_bad_file_is_skipped_and_listed_with_workers(image_folder):
+    bad = image_folder / "train" / "a" / "zz_broken.jpg"
+    bad.write_bytes(b"<html>not found</html>")
+    samples = find_splits(image_folder).train.samples
+    ds = ImageDataset(samples, Preprocess(size=16, crop_pct=1.0))
+    for workers in (0, 2):
+        batches = list(make_loader(ds, LoaderConfig(batch_size=4, workers=workers), shuffle=False))
+        assert sum(len(b) for b in batches) == len(samples) - 1
+        listed = [reason for b in batches for _, reason in b.bad]
+        assert len(listed) == 1 and "zz_broken.jpg" in listed[0] and "HTML" in listed[0]
+
+
+def test_all_bad_batch_is_empty_not_an_error():
+    batch = collate([(None, 0, 0, "cannot decode 'x': empty file")])
+    assert len(batch) == 0 and batch.bad == [(0, "cannot decode 'x': empty file")]
+
+
+def test_split_is_stratified_and_seeded():
+    samples = [(f"{c}{i}", c) for c in range(3) for i in range(10)]
+    tr1, va1 = split_samples(samples, 0.2, seed=1)
+    tr2, va2 = split_samples(samples, 0.2, seed=1)
+    assert (tr1, va1) == (tr2, va2)
+    assert sorted(label for _, label in va1) == [0, 0, 1, 1, 2, 2]
+    assert not set(tr1) & set(va1) and len(tr1) + len(va1) == 30
+    assert split_samples(samples, 0.2, seed=2)[1] != va1
