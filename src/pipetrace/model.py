@@ -39,19 +39,25 @@ def builtin_names() -> tuple[str, ...]:
     return (*PIPENET_WIDTHS, *CIFARNET_WIDTHS)
 
 
-def conv_block(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
-    """Convolution -> batch norm -> ReLU -> 2 x 2 max pooling: H and W / (2 * stride)."""
-    return nn.Sequential(OrderedDict(
+def conv_block(cin: int, cout: int, stride: int = 1, kernel: int = 3, pool: bool = True
+               ) -> nn.Sequential:
+    """Convolution -> batch norm -> ReLU (-> 2 x 2 max pooling): H and W / stride (/ 2)."""
+    layers = OrderedDict(
         conv=nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - stride + 1) // 2,
                        bias=False),
         bn=nn.BatchNorm2d(cout),
         relu=nn.ReLU(inplace=True),
-        pool=nn.MaxPool2d(2),
-    ))
+    )
+    if pool:
+        layers["pool"] = nn.MaxPool2d(2)
+    return nn.Sequential(layers)
 
 
 class PipeNet(nn.Module):
-    """The seed's CNN: (N, 3, H, W) -> conv blocks -> global pool -> FC -> (N, classes) logits."""
+    """The seed's CNN: (N, 3, H, W) -> conv blocks -> global max pool -> FC -> (N, classes).
+
+    At 224 x 224: stem 16 x 16 / 8 -> 28, pool 14, pool 7, pool 3, last block 3 x 3 -> 1.
+    """
 
     def __init__(self, widths: tuple[int, ...], num_classes: int, stem_stride: int = 8,
                  stem_kernel: int = 8):
@@ -61,10 +67,13 @@ class PipeNet(nn.Module):
             # The first block sees the full 224 x 224 image: a 4 x 4 convolution with
             # stride 4 ("patchify", as in ConvNeXt) keeps it cheap on a CPU (224 -> 56 -> 28).
             blocks[f"block{i + 1}"] = conv_block(cin, w, stride=stem_stride if i == 0 else 1,
-                                                 kernel=stem_kernel if i == 0 else 3)
+                                                 kernel=stem_kernel if i == 0 else 3,
+                                                 pool=i < len(widths) - 1)
             cin = w
         self.features = nn.Sequential(blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # Global *max* pooling asks "is this feature anywhere?", which is what telling shapes
+        # apart needs; with average pooling the demo learned far slower (docs/architecture.md).
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes)
 
