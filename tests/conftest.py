@@ -79,3 +79,21 @@ def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.Completed
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipetrace", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """One real `pipetrace demo` run through the entry point (about 40 s), shared by the
+    tests of the report, predict, skew and export. Returns the run folder."""
+    base = tmp_path_factory.mktemp("demo")
+    proc = run_cli("demo", "--out", str(base / "run"), "--cache-dir", str(base / "cache"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (base / "run" / "stdout.txt").write_text(proc.stdout)
+    return base / "run"
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_run) -> Path:
+    """The built-in shapes dataset the demo rendered (train/, val/, boxes.json)."""
+    (root,) = (demo_run.parent / "cache").iterdir()
+    return root

@@ -1,4 +1,6 @@
-"""The command line: parse flags into a config, call the library, map errors to exit codes.
+"""pipetrace: trace an image classifier's pipeline, from OpenCV to softmax.
+
+The command line parses flags into a config, calls the library, maps errors to exit codes.
 
 Exit codes: 0 success, 1 findings/warnings (check, skew), 2 bad input (a file, a checkpoint,
 a dataset), 130 interrupted.
@@ -208,15 +210,9 @@ def cmd_quiz(args) -> int:
     return run_quiz(doc, answers=args.answers)
 
 
-# -- parser ----------------------------------------------------------------------------------------
+# -- parser: one add_<command>(sub) per command ----------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from .train import PRESETS, TrainConfig
-
-    p = argparse.ArgumentParser(prog="pipetrace", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"pipetrace {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_demo(sub) -> None:
     d = sub.add_parser("demo", help="the whole pipeline on the built-in shapes dataset")
     d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     d.add_argument("--cache-dir", default=None, help="where the dataset is rendered once")
@@ -226,13 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
+
+def add_train(sub) -> None:
+    from .train import PRESETS, TrainConfig
+
     t = sub.add_parser("train", help="train on an ImageFolder dataset and trace it")
     t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     defaults = TrainConfig()
-    for f in fields(TrainConfig):
+    for f in fields(TrainConfig):  # one flag per config field, typed by its default
         if f.name == "data":
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -245,18 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"(default: {default})")
     t.set_defaults(func=cmd_train)
 
+
+def add_trace(sub) -> None:
+    from .trace import PLANTS
+
     tr = sub.add_parser("trace", help="the five-stage data-flow table for one image")
     tr.add_argument("image")
     tr.add_argument("--size", type=int, default=224)
     tr.add_argument("--crop-pct", type=float, default=0.875)
     tr.add_argument("--json", action="store_true", help="print the records as JSON")
     tr.add_argument("--save-stages", metavar="DIR", help="save a PNG of each stage's output")
-    tr.add_argument("--plant", choices=("bgr", "no-normalize", "double-normalize", "hwc",
-                                        "0-255", "uint8"),
+    tr.add_argument("--plant", choices=PLANTS,
                     help="plant a classic bug to see how it looks and how it is caught")
     tr.add_argument("--model", metavar="RUN_OR_CKPT", help="run stage 5 with this model")
     tr.set_defaults(func=cmd_trace)
 
+
+def add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="classify images and trace one through every layer")
     pr.add_argument("model", help="run folder or checkpoint file")
     pr.add_argument("images", nargs="+", help="image files or folders")
@@ -266,15 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--save", metavar="DIR", help="write pictures (one image) or predictions.csv")
     pr.set_defaults(func=cmd_predict)
 
+
+def add_report(sub) -> None:
     r = sub.add_parser("report", help="render report.html again from trace.json")
     r.add_argument("run", help="run folder or trace.json")
     r.add_argument("--out", help="output HTML file (default: beside trace.json)")
     r.set_defaults(func=cmd_report)
 
+
+def add_quiz(sub) -> None:
     q = sub.add_parser("quiz", help="the run's quiz in the terminal")
     q.add_argument("run", help="run folder or trace.json")
     q.add_argument("--answers", action="store_true", help="print questions with answers")
     q.set_defaults(func=cmd_quiz)
+
+
+COMMANDS = (add_demo, add_train, add_trace, add_predict, add_report, add_quiz)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipetrace", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"pipetrace {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 

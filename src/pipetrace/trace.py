@@ -259,7 +259,7 @@ def trace_model_stage(x: torch.Tensor, model=None, classes: list[str] | None = N
     return StageRecord(5, "Model training", "PyTorch",
                        "pipenet-s (random weights): forward, cross-entropy, backward, SGD step",
                        summarize(x), Summary("metrics", (), "float32", "-", "?"),
-                       t / x.shape[0], f"one step: loss {float(loss):.3f}, {params:,} weights "
+                       t / x.shape[0], f"one step: loss {float(loss.detach()):.3f}, {params:,} weights "
                        "updated (no trained model given: use --model RUN_DIR)")
 
 
