@@ -81,21 +81,32 @@ class PipeNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
+def _bn(c: int) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: scale fixed at 1 (the conv before it sets the scale), bias learnt."""
+    bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
 def _cifar_block(cin: int, cout: int) -> nn.Sequential:
     """airbench's block: conv -> pool -> BN -> GELU -> conv -> BN -> GELU (H, W halved)."""
     return nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(cin, cout, 3, padding=1, bias=False),
         pool=nn.MaxPool2d(2),
-        bn1=nn.BatchNorm2d(cout, momentum=0.4),
+        bn1=_bn(cout),
         act1=nn.GELU(),
         conv2=nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        bn2=nn.BatchNorm2d(cout, momentum=0.4),
+        bn2=_bn(cout),
         act2=nn.GELU(),
     ))
 
 
 class CifarNet(nn.Module):
-    """An airbench-style CNN for 32 x 32 inputs: 2 x 2 stem, three blocks, max pool, FC."""
+    """An airbench-style CNN for 32 x 32 inputs: whitening stem, three blocks, max pool, FC.
+
+    (N, 3, 32, 32) -> stem 2 x 2 (N, 24, 31, 31) -> blocks (N, 64, 15, 15), (N, 256, 7, 7),
+    (N, 256, 3, 3) -> global max pool -> FC -> logits / 9 (Keller Jordan, cifar10-airbench).
+    """
 
     def __init__(self, widths: tuple[int, ...], num_classes: int, head_scale: float = 1 / 9):
         super().__init__()
@@ -114,6 +125,31 @@ class CifarNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.stem_act(self.stem(x)))
         return self.fc(self.flatten(self.pool(x))) * self.head_scale
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening stem: its 24 filters are the 12 eigenvectors of the 2 x 2 patch
+        covariance of training images (x: (N, 3, H, W), normalized), scaled by
+        1 / sqrt(eigenvalue), with both signs; then frozen. The bias keeps learning."""
+        patches = x.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (N, 3, H-1, W-1, 2, 2)
+        patches = patches.transpose(1, 3).reshape(-1, 3 * 2 * 2)  # (P, 12)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        vals, vecs = torch.linalg.eigh(cov)
+        vals, vecs = vals.flip(0), vecs.T.flip(0)  # largest first
+        w = (vecs / torch.sqrt(vals + eps)[:, None]).view(12, 3, 2, 2)  # (c, dy, dx) order
+        self.stem.weight.copy_(torch.cat([w, -w]).to(self.stem.weight.dtype))
+        self.stem.weight.requires_grad_(False)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """airbench's optimizer groups: BatchNorm biases learn 64x faster; every parameter
+        decays by the same ``lr * weight_decay`` per step."""
+        norm_biases = [m.bias for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        ids = {id(p) for p in norm_biases}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        scale = 64.0
+        return [{"params": norm_biases, "lr": lr * scale, "weight_decay": weight_decay / scale},
+                {"params": others, "lr": lr, "weight_decay": weight_decay}]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

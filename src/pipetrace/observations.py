@@ -82,9 +82,10 @@ def observe(history: Sequence[Point], num_classes: int) -> Observation:
             f"{now.train_acc:.2f} vs validation {now.acc:.2f}.")
     learned = (now.acc - chance) / (1 - chance) if chance < 1 else 1.0
     if len(history) >= 3 and learned < 0.25 and abs(d_train) < 5:
-        return Observation("underfitting", f"Accuracy {now.acc:.2f} is close to chance "
-                           f"({chance:.2f}) and the loss barely moves: underfitting; try a "
-                           "larger model, a higher learning rate or more epochs.")
+        return Observation("underfitting", f"Accuracy {now.acc:.2f} is only {learned:.0%} of "
+                           f"the way from chance ({chance:.2f}) to perfect and the loss barely "
+                           "moves: underfitting; try a larger model, a higher learning rate or "
+                           "more epochs.")
     if abs(d_train) < 2 and abs(d_acc) < 1:
         if now.acc >= 0.9 or now.train_acc >= 0.98:
             return Observation("converged", f"Training converges: loss {now.train_loss:.2f} "

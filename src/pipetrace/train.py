@@ -48,9 +48,11 @@ PRESETS: dict[str, dict] = {
     "demo": dict(model="pipenet-s", epochs=5, batch_size=32, image_size=224, crop_pct=1.0,
                  optimizer="adamw", lr=2e-3, schedule="onecycle", augment="flip"),
     # CIFAR-10 from JPEG files on a CPU: an airbench-style recipe (see docs/performance.md).
-    "cifar": dict(model="cifarnet", epochs=10, batch_size=512, image_size=32, crop_pct=1.0,
-                  optimizer="sgd", lr=0.2, momentum=0.85, weight_decay=5e-4, schedule="onecycle",
-                  warmup_pct=0.2, label_smoothing=0.2, augment="crop-flip", tta=True),
+    # lr x weight_decay = 0.002 per step, as airbench94 (whose loss is summed, not averaged).
+    "cifar": dict(model="cifarnet", epochs=10, batch_size=1024, image_size=32, crop_pct=1.0,
+                  optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
+                  schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
+                  label_smoothing=0.2, augment="crop-flip", tta=True),
     # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
     "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
                    optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
@@ -73,6 +75,8 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate
     schedule: str = "onecycle"  # "onecycle", "cosine" (after linear warm-up) or "constant"
     warmup_pct: float = 0.25  # share of steps spent warming up to the peak learning rate
+    lr_start: float = 0.04  # onecycle: first learning rate, as a fraction of the peak
+    lr_end: float = 1.6e-4  # onecycle: last learning rate, as a fraction of the peak
     weight_decay: float = 5e-4  # L2 / decoupled weight decay
     momentum: float = 0.9  # SGD momentum
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
@@ -86,7 +90,7 @@ class TrainConfig:
     stats: str = "imagenet"  # normalization statistics: "imagenet" or "dataset"
     loader: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
     tta: bool = False  # evaluate on the image and its mirror, average the logits
-    trace_every: int = 50  # record the model input's statistics every N steps (0: never)
+    trace_every: int = 50  # trace the first batch, then sample the model input every N steps (0: off)
     on_bad_image: str = "skip"  # "skip" (count and list) or "error"
     max_bad_fraction: float = 0.1  # refuse to start if more files than this are unreadable
     sync_bn: bool = False  # SyncBatchNorm under DDP
@@ -266,12 +270,21 @@ def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int 
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
-    """Optimizer (no weight decay on norms and biases) and a per-step LR schedule."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    """Optimizer and a per-step LR schedule.
+
+    A model may define its own groups (``param_groups(lr, weight_decay)``, as timm models
+    define ``no_weight_decay()``); otherwise norms and biases get no weight decay.
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    if hasattr(net, "param_groups"):
+        groups = net.param_groups(cfg.lr, cfg.weight_decay)
+    else:
+        decay, no_decay = [], []
+        for p in net.parameters():
+            if p.requires_grad:
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     elif cfg.optimizer == "adamw":
@@ -282,9 +295,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     warmup = max(1, int(cfg.warmup_pct * total_steps))
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total_steps + 1,
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps + 1,
             pct_start=min(0.9, max(cfg.warmup_pct, 2 / total_steps)),  # >= 2 warm-up steps
-            anneal_strategy="linear", cycle_momentum=False, div_factor=25, final_div_factor=250)
+            anneal_strategy="linear", cycle_momentum=False, div_factor=1 / cfg.lr_start,
+            final_div_factor=cfg.lr_start / cfg.lr_end)
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
             1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total_steps - warmup))))))
@@ -494,6 +508,8 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     model = build_model(model_cfg)
     if cfg.weights and not state:
         _load_initial_weights(model, cfg.weights)
+    elif hasattr(model, "init_from_data") and not state:  # e.g. cifarnet's whitening stem
+        model.init_from_data(first_images(setup.train_set, pre))
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -536,7 +552,8 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         records = [EpochRecord(**r) for r in state["history"]]
     if dist.is_main:
         write_text_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    stages, pictures = first_batch_stages(train_loader, loop, cfg) if dist.is_main else ([], {})
+    tracing = dist.is_main and cfg.trace_every > 0  # trace_every=0: no stage trace at all
+    stages, pictures = first_batch_stages(train_loader, loop, cfg) if tracing else ([], {})
     probe = BatchProbe(every=cfg.trace_every)
     info = {"config": cfg, "dataset": setup.info, "device": str(device),
             "amp": str(amp).removeprefix("torch.") if amp else "off",
@@ -607,6 +624,13 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     for o in observers if dist.is_main else ():
         o.on_train_end(result)
     return result
+
+
+def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch.Tensor:
+    """Up to ``n`` training images, un-augmented and normalized: (n, 3, S, S) float32."""
+    ds = ImageDataset(dataset.samples[:n], pre, path="fast", limits=dataset.limits)
+    batches = [b.images for b in make_loader(ds, LoaderConfig(batch_size=500), shuffle=False)]
+    return to_model_input(torch.cat(batches), pre)
 
 
 def _name_bad(dataset: ImageDataset | None, bad: list[tuple[int, str]]) -> list[tuple[str, str]]:

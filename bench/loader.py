@@ -1,0 +1,156 @@
+"""Loader throughput: pipetrace's fast and classic loaders against torchvision, same run.
+
+    python bench/loader.py [DATA_DIR]        (make bench-loader)
+
+DATA_DIR holds cifar10/ and hymenoptera/ (default: ../shared/data unpacked into
+~/.cache/pipetrace-data). Each row: images/s through a DataLoader (median and min-max of 5
+repeats), for batch 32 and 256, with 0 and 2 workers. Anchors, on the same files:
+
+* torchvision's ImageFolder (PIL loader) + ToTensor + Normalize (+ Resize/CenterCrop for
+  the photos) - what most tutorials run;
+* torchvision's own fastest path: ``torchvision.io.decode_image`` + v2 transforms on
+  uint8 tensors;
+* the bare decode loop: read bytes + ``cv2.imdecode``, nothing else (the ceiling).
+
+The main process uses 1 torch thread when workers > 0 (the workers get one each), as the
+trainer would; all loaders are measured under the same settings.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as v1
+from torchvision.transforms import v2
+
+from common import data_dir, fmt, repeat, save, timed_rate
+from pipetrace.data import ImageDataset, LoaderConfig, make_loader, to_model_input
+from pipetrace.scan import scan_image_folder
+from pipetrace.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+
+class DecodeImageDataset(Dataset):
+    """torchvision's fastest path: decode_image to a uint8 tensor, then v2 on tensors."""
+
+    def __init__(self, samples, pre: Preprocess):
+        self.samples = samples
+        steps = [] if pre.crop_pct == 1.0 else [v2.Resize(pre.resize_size, antialias=True),
+                                                v2.CenterCrop(pre.size)]
+        self.t = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        img = torchvision.io.decode_image(path, mode=torchvision.io.ImageReadMode.RGB)
+        return self.t(img), label
+
+
+class BareDecode(Dataset):
+    """The ceiling: read the bytes and decode with OpenCV; no conversion, no transform."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        with open(self.samples[i][0], "rb") as f:
+            data = f.read()
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[0]
+
+
+def image_folder(root, pre: Preprocess):
+    steps = [] if pre.crop_pct == 1.0 else [v1.Resize(pre.resize_size), v1.CenterCrop(pre.size)]
+    return torchvision.datasets.ImageFolder(
+        root, transform=v1.Compose([*steps, v1.ToTensor(), v1.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+
+
+def consume(loader, pipetrace_batches: bool, pre: Preprocess) -> int:
+    n = 0
+    for batch in loader:
+        if pipetrace_batches:
+            x = to_model_input(batch.images, pre)  # the model input, normalized float32
+            n += x.shape[0]
+        else:
+            n += len(batch[0]) if isinstance(batch, list | tuple) else len(batch)
+    return n
+
+
+def measure(name, ds, pre, batch, workers, pipetrace_batches):
+    if pipetrace_batches:
+        loader = make_loader(ds, LoaderConfig(batch_size=batch, workers=workers), shuffle=False)
+    else:
+        loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False,
+                            worker_init_fn=_one_thread if workers else None)
+    return repeat(lambda: timed_rate(lambda: consume(loader, pipetrace_batches, pre)))
+
+
+def _one_thread(_):
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def run_dataset(label: str, root, pre: Preprocess, limit: int | None) -> list[dict]:
+    scan = scan_image_folder(root)
+    samples = scan.samples[:limit] if limit else scan.samples
+    tv = image_folder(root, pre)
+    tv.samples = tv.imgs = [s for s in tv.samples if s[0] in {p for p, _ in samples}]
+    loaders = {
+        "pipetrace fast": (ImageDataset(samples, pre, path="fast"), True),
+        "pipetrace classic": (ImageDataset(samples, pre, path="classic"), True),
+        "torchvision ImageFolder": (tv, False),
+        "torchvision decode_image+v2": (DecodeImageDataset(samples, pre), False),
+        "bare read+cv2.imdecode": (BareDecode(samples), False),
+    }
+    rows = []
+    for workers in (0, 2):
+        torch.set_num_threads(1 if workers else 2)
+        for batch in (32, 256):
+            for name, (ds, ours) in loaders.items():
+                r = measure(name, ds, pre, batch, workers, ours)
+                rows.append({"dataset": label, "loader": name, "batch": batch,
+                             "workers": workers, "images_per_s": r})
+                print(f"{label:<22} w={workers} b={batch:<3} {name:<28} {fmt(r)} img/s",
+                      flush=True)
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    out = []
+    keyed = {(r["dataset"], r["batch"], r["workers"], r["loader"]): r["images_per_s"]["median"]
+             for r in rows}
+    for (ds, b, w, name), v in keyed.items():
+        if name != "pipetrace fast":
+            continue
+        for anchor in ("torchvision ImageFolder", "torchvision decode_image+v2",
+                       "bare read+cv2.imdecode"):
+            out.append({"dataset": ds, "batch": b, "workers": w, "anchor": anchor,
+                        "ratio": v / keyed[(ds, b, w, anchor)]})
+    return out
+
+
+def main(argv: list[str]) -> None:
+    cifar = data_dir(argv, "cifar10")
+    photos = data_dir(argv, "hymenoptera")
+    rows = run_dataset("CIFAR-10 train (32px)", cifar / "train", Preprocess(size=32, crop_pct=1.0),
+                       limit=10_000)
+    rows += run_dataset("photos (224, crop)", photos / "train", Preprocess(size=224), limit=None)
+    rs = ratios(rows)
+    print("\nratio of pipetrace fast to each anchor (median images/s):")
+    for r in rs:
+        print(f"  {r['dataset']:<22} w={r['workers']} b={r['batch']:<3} vs {r['anchor']:<28} "
+              f"{r['ratio']:.2f}x")
+    print(f"wrote {save('loader', {'rows': rows, 'ratios': rs})}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
