@@ -1,0 +1,35 @@
+"""The README's Python examples run as written (the first block; the second trains)."""
+
+import re
+from pathlib import Path
+
+from conftest import coloured_image, write_image
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_trace_example_runs(tmp_path, monkeypatch, capsys):
+    write_image(tmp_path / "photo.jpg", coloured_image(300, 400))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python_blocks()[0], "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "Resize" in out and "Normalize" in out and "3 x 224 x 224 float32" in out
+    assert "error Tensor is NHWC" in out
+
+
+def test_readme_train_example_runs(tmp_path, monkeypatch, capsys):
+    from pipetrace.shapes import ShapesConfig, render
+
+    render(ShapesConfig(train_per_class=8, val_per_class=2, image_size=64, seed=5),
+           tmp_path / "my_dataset")
+    write_image(tmp_path / "photo.jpg", coloured_image(64, 64))
+    monkeypatch.chdir(tmp_path)
+    code = python_blocks()[1].replace("epochs=3", "epochs=1")
+    exec(compile("import pipetrace as pt\n" + code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"^1 0\.\d+ ", out, flags=re.M)  # epoch 1, its validation accuracy
+    assert re.search(r"\[\('(circle|square|star|triangle)', 0\.\d+", out)  # the top-k
