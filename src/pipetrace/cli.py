@@ -168,8 +168,10 @@ def cmd_predict(args) -> int:
         if args.json:
             import json
 
-            print(json.dumps({"image": files[0], "layers": [r.to_dict() for r in lt.layers],
-                              "top_k": lt.top_k, "probabilities": lt.probabilities}, indent=1))
+            print(json.dumps({"image": files[0], "checkpoint": lm.source, "classes": lm.classes,
+                              "layers": [r.to_dict() for r in lt.layers], "logits": lt.logits,
+                              "probabilities": lt.probabilities, "top_k": lt.top_k,
+                              "predicted": lt.predicted}, indent=1))
         else:
             console.print(term.layer_table(lt, title=f"Prediction trace — {term.clean(files[0])}"))
             console.print("Top classes:\n" + term.top_k_lines(lt), markup=False)
@@ -181,6 +183,12 @@ def cmd_predict(args) -> int:
             save_prediction_pictures(block, args.save)
         return 0
     preds = predict_files(lm, files, top_k=args.top_k)
+    if args.json:
+        import json
+
+        print(json.dumps({"checkpoint": lm.source, "classes": lm.classes,
+                          "predictions": [p.to_dict() for p in preds]}, indent=1))
+        return 0
     text = predictions_csv(preds)
     if args.save:
         from .files import write_text_atomic
