@@ -201,6 +201,42 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]:
+    """The images given, or the checkpoint's own validation images when none are."""
+    from .predict import list_images, validation_images
+
+    if images:
+        return list_images(images)
+    files = validation_images(lm, limit)
+    if not files:
+        data = (lm.checkpoint.get("train_config") or {}).get("data") or "?"
+        raise ValueError(f"no images given, and the checkpoint's dataset {data!r} has no "
+                         "validation folder here: give image files or folders")
+    return files
+
+
+def cmd_export(args) -> int:
+    from .predict import load_model
+    from .report import terminal as term
+
+    try:
+        from .export import check_onnx, export_onnx
+    except ImportError as exc:
+        raise ValueError(f"export needs onnx and onnxruntime ({exc}): pip install "
+                         "'pipetrace[onnx]'") from None
+    lm = load_model(args.model)
+    files = _images_or_validation(lm, args.images, args.limit)  # before writing anything
+    path = export_onnx(lm, args.onnx, opset=args.opset)
+    check = check_onnx(lm, path, files)
+    if args.json:
+        import json
+
+        print(json.dumps(check.to_dict(), indent=1))
+    else:
+        term.print_onnx_check(term.make_console(), check, opset=args.opset)
+    return 0 if check.ok else 1
+
+
 def cmd_report(args) -> int:
     from .report.build import rerender
 
@@ -280,6 +316,22 @@ def add_predict(sub) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
+def add_export(sub) -> None:
+    from .export import OPSET
+
+    ex = sub.add_parser("export", help="write the model as ONNX (contract in its metadata) and "
+                        "check it with onnxruntime")
+    ex.add_argument("model", help="run folder or checkpoint file")
+    ex.add_argument("images", nargs="*", help="images to check on (default: validation "
+                    "images of the checkpoint's dataset)")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--opset", type=int, default=OPSET)
+    ex.add_argument("--limit", type=int, default=100,
+                    help="validation images to check on when none are given (default: 100)")
+    ex.add_argument("--json", action="store_true", help="print the check as JSON")
+    ex.set_defaults(func=cmd_export)
+
+
 def add_report(sub) -> None:
     r = sub.add_parser("report", help="render report.html again from trace.json")
     r.add_argument("run", help="run folder or trace.json")
@@ -294,7 +346,7 @@ def add_quiz(sub) -> None:
     q.set_defaults(func=cmd_quiz)
 
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_report, add_quiz)
+COMMANDS = (add_demo, add_train, add_trace, add_predict, add_export, add_report, add_quiz)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +21,9 @@ from ..files import safe_text
 from ..layers import LayerTrace
 from ..trace import StageRecord
 from ..train import EpochRecord, Observer, TrainResult
+
+if TYPE_CHECKING:
+    from ..export import OnnxCheck
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -95,6 +99,17 @@ def top_k_lines(trace: LayerTrace, width: int = 30) -> str:
     for c, p in trace.top_k:
         lines.append(f"  {clean(c):<16} {p:6.3f} {'█' * round(p * width)}")
     return "\n".join(lines)
+
+
+def print_onnx_check(console: Console, check: OnnxCheck, *, opset: int) -> None:
+    console.print(f"Wrote {clean(check.path)} (opset {opset}, dynamic batch axis) with the "
+                  "class names and the preprocessing contract in its metadata.")
+    console.print(f"onnxruntime vs PyTorch on {check.images} images: max |logit difference| "
+                  f"{check.max_abs_diff:.2g}, same top-1 on {check.top1_same} of {check.images}.")
+    for path, reason in check.unreadable[:5]:
+        console.print(f"  skipped {clean(path)}: {clean(reason)}")
+    if not check.ok:
+        console.print("[red]The ONNX model disagrees with PyTorch.[/]")
 
 
 def print_training(console: Console, result: TrainResult) -> None:
