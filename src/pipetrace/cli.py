@@ -215,6 +215,24 @@ def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]
     return files
 
 
+def cmd_skew(args) -> int:
+    from .predict import load_model
+    from .report import terminal as term
+    from .skew import check_skew, load_user_function
+
+    lm = load_model(args.model)
+    fn = load_user_function(args.preprocess)
+    report = check_skew(lm, fn, _images_or_validation(lm, args.images, args.limit),
+                        name=args.preprocess)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        term.print_skew(term.make_console(), report)
+    return 1 if report.skew else 0
+
+
 def cmd_export(args) -> int:
     from .predict import load_model
     from .report import terminal as term
@@ -316,6 +334,21 @@ def add_predict(sub) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
+def add_skew(sub) -> None:
+    sk = sub.add_parser("skew", help="compare your own inference preprocessing with the "
+                        "checkpoint's evaluation pipeline")
+    sk.add_argument("model", help="run folder or checkpoint file")
+    sk.add_argument("images", nargs="*", help="image files or folders (default: validation "
+                    "images of the checkpoint's dataset)")
+    sk.add_argument("--preprocess", required=True, metavar="MODULE:FUNCTION",
+                    help="your function: image file path -> the tensor/array you feed the "
+                    "model (module name or path/to/file.py)")
+    sk.add_argument("--limit", type=int, default=8,
+                    help="validation images to use when none are given (default: 8)")
+    sk.add_argument("--json", action="store_true")
+    sk.set_defaults(func=cmd_skew)
+
+
 def add_export(sub) -> None:
     from .export import OPSET
 
@@ -346,7 +379,8 @@ def add_quiz(sub) -> None:
     q.set_defaults(func=cmd_quiz)
 
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_export, add_report, add_quiz)
+COMMANDS = (add_demo, add_train, add_trace, add_predict, add_skew, add_export, add_report,
+            add_quiz)
 
 
 def build_parser() -> argparse.ArgumentParser:
