@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from .files import sha256_file, write_atomic, write_text_atomic
-from .images import display_path
+from .images import display_path, sniff_format
 
 FORMAT = "pipetrace-checkpoint"
 VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract)
@@ -56,19 +55,28 @@ def _read_sidecar(path: Path) -> str | None:
         return None
 
 
-def _why_unloadable(exc: Exception) -> str:
-    """Turn torch.load's exceptions into a cause a user can act on (no allow-list advice)."""
+def _why_unloadable(exc: Exception, data: bytes) -> str:
+    """Turn torch.load's exceptions into a cause a user can act on (no allow-list advice).
+
+    torch's messages are a poor guide (a random file gives ``KeyError: 101``, a cut-off one
+    ``negative seek value``), so the file's first bytes decide what it is.
+    """
     msg = str(exc)
-    if "weights_only" in msg.lower() or "unsupported global" in msg.lower():
+    if "GLOBAL" in msg or "unsupported global" in msg.lower():
         first = next((ln for ln in msg.splitlines() if "GLOBAL" in ln or "global" in ln), "")
         detail = f" ({first.strip()[:120]})" if first else ""
         return ("refused: the file holds pickled Python objects that could run code when "
                 f"loaded{detail}; pipetrace only loads plain tensors and data")
-    if isinstance(exc, zipfile.BadZipFile) or "zip" in msg.lower() or "archive" in msg.lower():
-        return "truncated or damaged file (its zip archive cannot be read)"
-    if isinstance(exc, pickle.UnpicklingError | EOFError):
-        return "not a PyTorch checkpoint (cannot be unpickled)"
-    return f"{type(exc).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+    if data[:4] == b"PK\x03\x04":  # torch.save's format is a zip archive
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            return "truncated or damaged file (its zip archive cannot be read)"
+        return f"damaged PyTorch checkpoint ({type(exc).__name__}: {msg.splitlines()[0][:120]})"
+    if data[:1] == b"\x80":  # a pickle: torch's legacy format or pickle.dump
+        return ("not a checkpoint pipetrace reads: a pickle that is not a torch.save file, or "
+                "holds more than tensors and plain data")
+    fmt = sniff_format(data)
+    what = f"it is a {fmt.upper()} image" if fmt else f"starts with {data[:8]!r}"
+    return f"not a PyTorch checkpoint ({what})"
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> object:
@@ -86,7 +94,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types; all mean "not usable"
-        raise CheckpointError(path, _why_unloadable(exc)) from None
+        raise CheckpointError(path, _why_unloadable(exc, data)) from None
 
 
 def check_finite(state: dict, path) -> None:

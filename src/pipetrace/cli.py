@@ -168,8 +168,10 @@ def cmd_predict(args) -> int:
         if args.json:
             import json
 
-            print(json.dumps({"image": files[0], "layers": [r.to_dict() for r in lt.layers],
-                              "top_k": lt.top_k, "probabilities": lt.probabilities}, indent=1))
+            print(json.dumps({"image": files[0], "checkpoint": lm.source, "classes": lm.classes,
+                              "layers": [r.to_dict() for r in lt.layers], "logits": lt.logits,
+                              "probabilities": lt.probabilities, "top_k": lt.top_k,
+                              "predicted": lt.predicted}, indent=1))
         else:
             console.print(term.layer_table(lt, title=f"Prediction trace — {term.clean(files[0])}"))
             console.print("Top classes:\n" + term.top_k_lines(lt), markup=False)
@@ -181,6 +183,12 @@ def cmd_predict(args) -> int:
             save_prediction_pictures(block, args.save)
         return 0
     preds = predict_files(lm, files, top_k=args.top_k)
+    if args.json:
+        import json
+
+        print(json.dumps({"checkpoint": lm.source, "classes": lm.classes,
+                          "predictions": [p.to_dict() for p in preds]}, indent=1))
+        return 0
     text = predictions_csv(preds)
     if args.save:
         from .files import write_text_atomic
@@ -191,6 +199,60 @@ def cmd_predict(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]:
+    """The images given, or the checkpoint's own validation images when none are."""
+    from .predict import list_images, validation_images
+
+    if images:
+        return list_images(images)
+    files = validation_images(lm, limit)
+    if not files:
+        data = (lm.checkpoint.get("train_config") or {}).get("data") or "?"
+        raise ValueError(f"no images given, and the checkpoint's dataset {data!r} has no "
+                         "validation folder here: give image files or folders")
+    return files
+
+
+def cmd_skew(args) -> int:
+    from .predict import load_model
+    from .report import terminal as term
+    from .skew import check_skew, load_user_function
+
+    lm = load_model(args.model)
+    fn = load_user_function(args.preprocess)
+    report = check_skew(lm, fn, _images_or_validation(lm, args.images, args.limit),
+                        name=args.preprocess)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        term.print_skew(term.make_console(), report)
+    return 1 if report.skew else 0
+
+
+def cmd_export(args) -> int:
+    from .predict import load_model
+    from .report import terminal as term
+
+    try:
+        from .export import check_onnx, export_onnx
+    except ImportError as exc:
+        raise ValueError(f"export needs onnx and onnxruntime ({exc}): pip install "
+                         "'pipetrace[onnx]'") from None
+    lm = load_model(args.model)
+    files = _images_or_validation(lm, args.images, args.limit)  # before writing anything
+    path = export_onnx(lm, args.onnx, opset=args.opset)
+    check = check_onnx(lm, path, files)
+    if args.json:
+        import json
+
+        print(json.dumps(check.to_dict(), indent=1))
+    else:
+        term.print_onnx_check(term.make_console(), check, opset=args.opset)
+    return 0 if check.ok else 1
 
 
 def cmd_report(args) -> int:
@@ -272,6 +334,37 @@ def add_predict(sub) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
+def add_skew(sub) -> None:
+    sk = sub.add_parser("skew", help="compare your own inference preprocessing with the "
+                        "checkpoint's evaluation pipeline")
+    sk.add_argument("model", help="run folder or checkpoint file")
+    sk.add_argument("images", nargs="*", help="image files or folders (default: validation "
+                    "images of the checkpoint's dataset)")
+    sk.add_argument("--preprocess", required=True, metavar="MODULE:FUNCTION",
+                    help="your function: image file path -> the tensor/array you feed the "
+                    "model (module name or path/to/file.py)")
+    sk.add_argument("--limit", type=int, default=8,
+                    help="validation images to use when none are given (default: 8)")
+    sk.add_argument("--json", action="store_true")
+    sk.set_defaults(func=cmd_skew)
+
+
+def add_export(sub) -> None:
+    from .export import OPSET
+
+    ex = sub.add_parser("export", help="write the model as ONNX (contract in its metadata) and "
+                        "check it with onnxruntime")
+    ex.add_argument("model", help="run folder or checkpoint file")
+    ex.add_argument("images", nargs="*", help="images to check on (default: validation "
+                    "images of the checkpoint's dataset)")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--opset", type=int, default=OPSET)
+    ex.add_argument("--limit", type=int, default=100,
+                    help="validation images to check on when none are given (default: 100)")
+    ex.add_argument("--json", action="store_true", help="print the check as JSON")
+    ex.set_defaults(func=cmd_export)
+
+
 def add_report(sub) -> None:
     r = sub.add_parser("report", help="render report.html again from trace.json")
     r.add_argument("run", help="run folder or trace.json")
@@ -286,7 +379,8 @@ def add_quiz(sub) -> None:
     q.set_defaults(func=cmd_quiz)
 
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_report, add_quiz)
+COMMANDS = (add_demo, add_train, add_trace, add_predict, add_skew, add_export, add_report,
+            add_quiz)
 
 
 def build_parser() -> argparse.ArgumentParser:

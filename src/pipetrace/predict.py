@@ -98,11 +98,36 @@ def list_images(paths: list[str]) -> list[str]:
     return out
 
 
+def validation_images(lm: LoadedModel, limit: int | None = 8) -> list[str]:
+    """Images from the validation split of the dataset the checkpoint was trained on.
+
+    A fixed, evenly spaced selection of at most ``limit`` files (``None``: all), so every
+    class of a sorted ImageFolder is represented. Empty when the dataset has moved or has
+    no val/ (or test/) folder: the caller then asks for images explicitly.
+    """
+    from .scan import find_splits
+
+    data = (lm.checkpoint.get("train_config") or {}).get("data") or ""
+    if not data or not os.path.isdir(data):
+        return []
+    try:
+        val = find_splits(data).val
+    except (OSError, ValueError):
+        return []
+    files = [p for p, _ in val.samples] if val is not None else []
+    if limit is None or len(files) <= limit:
+        return files
+    return [files[i * len(files) // limit] for i in range(limit)]
+
+
 @dataclass(frozen=True)
 class Prediction:
     path: str
     top_k: list[tuple[str, float]]  # empty when the file could not be read
     error: str = ""
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "top_k": [[c, p] for c, p in self.top_k], "error": self.error}
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +21,10 @@ from ..files import safe_text
 from ..layers import LayerTrace
 from ..trace import StageRecord
 from ..train import EpochRecord, Observer, TrainResult
+
+if TYPE_CHECKING:
+    from ..export import OnnxCheck
+    from ..skew import SkewReport
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -95,6 +100,66 @@ def top_k_lines(trace: LayerTrace, width: int = 30) -> str:
     for c, p in trace.top_k:
         lines.append(f"  {clean(c):<16} {p:6.3f} {'█' * round(p * width)}")
     return "\n".join(lines)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def skew_table(report: SkewReport) -> Table:
+    t = Table(title=f"Skew check — {clean(report.function)} vs the checkpoint's evaluation "
+              "pipeline", title_justify="left")
+    for col in ("image", "your tensor", "max |Δ|", "mean |Δ|", "diagnosis",
+                "class: checkpoint / yours"):
+        t.add_column(col, overflow="fold")
+    for i in report.images:
+        shape = " x ".join(str(d) for d in i.user_shape)
+        diagnosis = ", ".join(i.bugs) if i.bugs else "matches"
+        if i.bugs and i.matches:
+            diagnosis += " (negligible)"
+        if i.note:
+            diagnosis += f" ({i.note})"
+        t.add_row(clean(display_name(i.path)), f"{shape} {i.user_dtype}", _num(i.max_abs),
+                  _num(i.mean_abs), clean(diagnosis),
+                  f"{clean(i.reference_class)} / {clean(i.user_class or 'refused')}")
+    return t
+
+
+def display_name(path: str, parts: int = 3) -> str:
+    """The last ``parts`` components of a path (class folder and file, say)."""
+    return "/".join(path.replace("\\", "/").split("/")[-parts:])
+
+
+def print_skew(console: Console, report: SkewReport) -> None:
+    from ..skew import MATCH_LEVELS, bug_text
+
+    console.print(skew_table(report))
+    n = len(report.images)
+    for bugs, count in report.diagnoses():
+        console.print(f"Diagnosis ({count} of {n} images):", markup=False)
+        for key in bugs:
+            title, fix = bug_text(key, report.preprocess)
+            size = report.typical_size(bugs, key)
+            effect = "changes the layout" if size is None else f"{size:.3g} grey levels RMS"
+            if size is not None and size < MATCH_LEVELS:
+                effect += ", too small to matter"
+            console.print(f"  {title} ({effect})\n    fix: {fix}", markup=False)
+    same = round(report.agreement * n)
+    console.print(f"Predicted class agrees on {same} of {n} images ({report.agreement:.0%}).")
+    console.print("[red]Skew found.[/]" if report.skew else
+                  f"No skew: your tensors match the checkpoint's within {MATCH_LEVELS:g} grey "
+                  "levels and give the same classes.")
+
+
+def print_onnx_check(console: Console, check: OnnxCheck, *, opset: int) -> None:
+    console.print(f"Wrote {clean(check.path)} (opset {opset}, dynamic batch axis) with the "
+                  "class names and the preprocessing contract in its metadata.")
+    console.print(f"onnxruntime vs PyTorch on {check.images} images: max |logit difference| "
+                  f"{check.max_abs_diff:.2g}, same top-1 on {check.top1_same} of {check.images}.")
+    for path, reason in check.unreadable[:5]:
+        console.print(f"  skipped {clean(path)}: {clean(reason)}")
+    if not check.ok:
+        console.print("[red]The ONNX model disagrees with PyTorch.[/]")
 
 
 def print_training(console: Console, result: TrainResult) -> None:
