@@ -15,7 +15,7 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup
 
-from .svg import bar_rows, line_chart
+from .svg import line_chart
 
 SCRIPT = """
 document.querySelectorAll('.question').forEach(function (q) {
@@ -61,9 +61,6 @@ def render_html(doc: dict) -> str:
             "train": [e["train_acc"] for e in epochs],
             "validation": [e["val_acc"] for e in epochs]}, title="Accuracy by epoch",
             y_range=(0.0, 1.0)))
-    pred = doc.get("prediction")
-    if pred:
-        charts["top_k"] = Markup(bar_rows([p for _, p in pred["top_k"]]))
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     return _environment().get_template("report.html.j2").render(
         doc=doc, charts=charts, script=Markup(SCRIPT), script_hash=script_hash)

@@ -46,15 +46,3 @@ def line_chart(xs: Sequence[int], series: dict[str, Sequence[float | None]], *, 
     parts.append("</svg>")
     return "".join(parts)
 
-
-def bar_rows(values: Sequence[float], *, width: int = 260, row: int = 22) -> str:
-    """Horizontal bars for probabilities (0-1), one per row; labels are added by the page."""
-    h = row * len(values)
-    parts = [f'<svg class="bars" viewBox="0 0 {width} {h}" xmlns="http://www.w3.org/2000/svg">']
-    for i, v in enumerate(values):
-        w = max(1.0, v * (width - 50))
-        parts.append(f'<rect x="0" y="{i * row + 3}" width="{w:.1f}" height="{row - 8}" '
-                     f'fill="{COLOURS[0]}"/><text x="{w + 4:.1f}" y="{i * row + row - 7}" '
-                     f'class="bl">{v:.3f}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
