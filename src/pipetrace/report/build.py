@@ -7,6 +7,7 @@ rendered from that document alone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ..layers import LayerTrace
 from ..predict import LoadedModel, load_model, trace_prediction
 from ..trace import chw_picture
 from ..train import TrainResult
-from .document import data_uri, meta_block, save_document
+from .document import data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
 from .plots import confusion_png, curves_png
@@ -125,18 +126,17 @@ def write_run_report(result: TrainResult, *, image: str | None, command: str,
         lm = load_model(run)
         prediction, lt, _ = prediction_block(lm, image, true_class=true_class)
     findings = run_checks(result)
-    doc = build_document(result, command=command, prediction=prediction, findings=findings)
-    save_document(doc, run / "trace.json")
-    write_text_atomic(run / "report.html", render_html(doc))
-    return RunArtifacts(str(run / "trace.json"), str(run / "report.html"), doc, lt, findings)
+    save_document(build_document(result, command=command, prediction=prediction,
+                                 findings=findings), run / "trace.json")
+    # The page is rendered from the file, as `pipetrace report` does: the two are identical.
+    report = rerender(run / "trace.json")
+    return RunArtifacts(str(run / "trace.json"), report, load_document(run / "trace.json"), lt,
+                        findings)
 
 
-def rerender(trace_path: str, out: str | None = None) -> str:
-    """Render ``report.html`` again from a ``trace.json`` alone."""
-    from .document import load_document
-
-    doc = load_document(trace_path)
+def rerender(trace_path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """Render ``report.html`` from a ``trace.json`` alone; return the page's path."""
     target = Path(out) if out else Path(trace_path).with_name("report.html")
-    write_text_atomic(target, render_html(doc))
+    write_text_atomic(target, render_html(load_document(trace_path)))
     return str(target)
 
