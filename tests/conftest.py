@@ -97,3 +97,49 @@ def demo_data(demo_run) -> Path:
     """The built-in shapes dataset the demo rendered (train/, val/, boxes.json)."""
     (root,) = (demo_run.parent / "cache").iterdir()
     return root
+
+
+IMG_CLASS = "<img src=x onerror=alert(1)>"  # a class folder name that is HTML
+SCRIPT_CLASSES = [  # a checkpoint's class list: text, attribute and comment contexts
+    "<script>window.__pwned=1</script>",
+    '"><script>window.__pwned=2</script>',
+    "'--><script>window.__pwned=3</script>",
+    "</b></code><script>window.__pwned=4</script>",
+]
+
+
+@pytest.fixture(scope="session")
+def markup_runs(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
+    """Two run folders whose strings are HTML, with the names they hold (about 10 s):
+
+    ``folder``: one tiny epoch on shapes whose class folder (and a file in it) is named
+    IMG_CLASS; ``checkpoint``: that model saved with SCRIPT_CLASSES as its class list, then
+    reported through ``write_run_report`` (the prediction trace reads the checkpoint's classes).
+    """
+    from dataclasses import replace
+
+    from pipetrace.checkpoint import load_checkpoint, save_checkpoint
+    from pipetrace.report.build import write_run_report
+    from pipetrace.shapes import ShapesConfig, render
+    from pipetrace.train import TrainConfig, fit
+
+    base = tmp_path_factory.mktemp("markup")
+    data = render(ShapesConfig(train_per_class=4, val_per_class=2, image_size=64), base / "data")
+    for split in ("train", "val"):
+        (data / split / "star").rename(data / split / IMG_CLASS)
+    first = sorted((data / "val" / IMG_CLASS).iterdir())[0]
+    image = first.rename(first.with_name(IMG_CLASS + first.suffix))  # the file name too
+    cfg = TrainConfig(data=str(data), out=str(base / "folder"), model="pipenet-tiny", epochs=1,
+                      batch_size=8, image_size=64, crop_pct=1.0, amp="off")
+    result = fit(cfg)
+    assert IMG_CLASS in result.classes
+    write_run_report(result, image=str(image), command="train", true_class=IMG_CLASS)
+
+    ckpt = load_checkpoint(base / "folder" / "last.pt")
+    ckpt["classes"] = list(SCRIPT_CLASSES)
+    (base / "checkpoint").mkdir()
+    save_checkpoint(base / "checkpoint" / "last.pt", ckpt)
+    write_run_report(replace(result, run_dir=str(base / "checkpoint")), image=str(image),
+                     command="predict", true_class=SCRIPT_CLASSES[0])
+    return {"folder": (base / "folder", [IMG_CLASS]),
+            "checkpoint": (base / "checkpoint", list(SCRIPT_CLASSES))}
