@@ -1,0 +1,175 @@
+"""report/: the versioned trace document, the page rendered from it alone, and escaping."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from pipetrace.checks import Finding
+from pipetrace.report.document import VERSION, load_document
+from pipetrace.report.html import render_html
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "trace-format.md"
+
+
+# -- the documented schema ---------------------------------------------------------------------
+
+def documented_keys() -> dict[str, set[str]]:
+    """Path -> keys, from docs/trace-format.md: each '### `path`' heading's table, and the
+    '## Top-level keys' table under the path ''."""
+    tables: dict[str, set[str]] = {}
+    paths: list[str] = []
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            paths = [""] if line == "## Top-level keys" else (
+                re.findall(r"`([^`]+)`", line) if line.startswith("### ") else [])
+            for p in paths:
+                tables[p] = set()
+        elif paths and (m := re.match(r"\| `([^`]+)` \|", line)):
+            for p in paths:
+                tables[p].add(m.group(1))
+    return tables
+
+
+def objects_at(doc, path: str) -> list[dict]:
+    """The objects at a documented path ('training.epochs[]' -> every epoch record)."""
+    found = [doc]
+    for part in filter(None, path.split(".")):
+        name, items = part.removesuffix("[]"), part.endswith("[]")
+        found = [o[name] for o in found if o.get(name) is not None]
+        if items:
+            found = [x for lst in found for x in lst]
+    return found
+
+
+def test_the_trace_holds_exactly_the_documented_keys(demo_run):
+    doc = json.loads((demo_run / "trace.json").read_text(encoding="utf-8"))
+    tables = documented_keys()
+    assert len(tables) >= 20 and all(tables.values())
+    for path, keys in tables.items():
+        objects = objects_at(doc, path)
+        if path == "findings[]" and not objects:  # a clean run has none: the record's fields
+            assert keys == {f.name for f in dataclasses.fields(Finding)}
+            continue
+        assert objects, f"nothing at {path!r} in the demo's trace"
+        for obj in objects:
+            assert set(obj) == keys, f"{path}: documented {sorted(keys ^ set(obj))} differ"
+    assert doc["format"] == "pipetrace-trace" and doc["version"] == VERSION
+
+
+def test_load_document_refuses_other_files_and_newer_versions(tmp_path):
+    path = tmp_path / "trace.json"
+    path.write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="is not a pipetrace trace"):
+        load_document(path)
+    path.write_text(json.dumps({"format": "pipetrace-trace", "version": VERSION + 1}))
+    with pytest.raises(ValueError, match=f"trace format {VERSION + 1}, newer"):
+        load_document(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read trace"):
+        load_document(path)
+
+
+# -- regeneration --------------------------------------------------------------------------------
+
+def test_report_is_regenerated_identically_from_trace_json_alone(demo_run, tmp_path):
+    alone = tmp_path / "copy"
+    alone.mkdir()
+    shutil.copy(demo_run / "trace.json", alone / "trace.json")  # no checkpoint, no dataset
+    proc = run_cli("report", str(alone))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"Wrote {alone / 'report.html'}"
+    original = (demo_run / "report.html").read_bytes()
+    assert (alone / "report.html").read_bytes() == original
+    proc = run_cli("report", str(alone / "trace.json"), "--out", str(tmp_path / "again.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "again.html").read_bytes() == original
+
+
+def test_report_of_a_missing_trace_is_one_error_line(tmp_path):
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("pipetrace: error: cannot read trace")
+    assert len(proc.stderr.splitlines()) == 1
+
+
+# -- a self-contained page -----------------------------------------------------------------------
+
+class Page(HTMLParser):
+    """Tags with their attributes, and the text a reader sees (entities decoded)."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def assert_inert(page: Page) -> None:
+    """One script (the page's own), no inline handlers, nothing fetched from anywhere."""
+    assert [t for t, _ in page.tags].count("script") == 1
+    attrs = [(t, k, v or "") for t, a in page.tags for k, v in a.items()]
+    assert [(t, k) for t, k, _ in attrs if k.startswith("on")] == []
+    assert [(t, k, v[:40]) for t, k, v in attrs
+            if k in ("src", "href", "action", "srcset", "poster", "formaction")
+            and not v.startswith("data:image/png;base64,")] == []
+
+
+def test_the_page_needs_no_network(demo_run):
+    text = (demo_run / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert_inert(page)
+    (csp,) = [a["content"] for t, a in page.tags if a.get("http-equiv") == "Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
+    assert sum(t == "img" for t, _ in page.tags) == 7  # four stages, input, Grad-CAM, features
+    assert sum(t == "svg" for t, _ in page.tags) == 2  # loss and accuracy charts
+
+
+@pytest.mark.parametrize("source", ["folder", "checkpoint"])
+def test_markup_in_names_is_escaped(markup_runs, source):
+    run, names = markup_runs[source]
+    text = (run / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert_inert(page)
+    seen = "".join(page.text)
+    for name in names:
+        assert name not in text  # never raw
+        assert html.escape(name, quote=False) in text  # as text in the page
+        assert name in seen  # and the reader sees it as it is
+    doc = load_document(run / "trace.json")
+    for name in names:  # it travelled through the trace unchanged
+        assert name in json.dumps(doc, ensure_ascii=False)
+
+
+def test_render_escapes_every_string_of_the_document(demo_run):
+    """Put markup into every string of a real trace: the page stays inert, the text survives."""
+    doc = json.loads((demo_run / "trace.json").read_text(encoding="utf-8"))
+    marker = '<b onclick="x()">&amp;</b>'
+
+    def poison(obj):
+        if isinstance(obj, dict):
+            return {k: poison(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [poison(v) for v in obj]
+        if isinstance(obj, str) and not obj.startswith("data:image/png;base64,"):
+            return obj + marker
+        return obj
+
+    page = Page(render_html(poison(doc)))
+    assert_inert(page)
+    assert not any(t == "b" and "onclick" in a for t, a in page.tags)
+    assert "".join(page.text).count(marker) > 100
