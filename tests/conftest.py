@@ -74,11 +74,12 @@ def cifar() -> Path:
     return _unpacked("cifar10", "cifar10-jpg.tar.gz")
 
 
-def run_cli(*args: str, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
-    """Run the real entry point (`python -m pipetrace`) in a subprocess."""
+def run_cli(*args: str, cwd=None, env=None, timeout=600, input=None
+            ) -> subprocess.CompletedProcess:
+    """Run the real entry point (`python -m pipetrace`) in a subprocess (stdin: ``input``)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipetrace", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 @pytest.fixture(scope="session")
