@@ -21,8 +21,9 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
+import signal
 import threading
+import time
 from pathlib import Path
 
 BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -48,23 +49,22 @@ class Browser:
         self.timeout = timeout
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
-        # Move the browser's ends above fd 10 so dup2 onto 3 and 4 cannot clobber one another.
+        # The browser's ends go above fd 10, so placing them on 3 and 4 cannot clobber them.
         child_in = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
         child_out = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_browser_r)
-        os.close(from_browser_w)
-
-        def onto_3_and_4():  # dup2 clears close-on-exec: only 3 and 4 reach the browser
-            os.dup2(child_in, 3)
-            os.dup2(child_out, 4)
-
-        self.proc = subprocess.Popen(
-            [executable, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={user_data_dir}",
-             "about:blank"],
-            preexec_fn=onto_3_and_4, close_fds=False, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(child_in)
-        os.close(child_out)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (to_browser_r, from_browser_w):
+            os.close(fd)
+        # posix_spawn, not subprocess's preexec_fn (unsafe with threads, and torch has them):
+        # dup2 onto 0-4 clears close-on-exec there, every other fd of ours closes on exec.
+        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+                   (os.POSIX_SPAWN_DUP2, devnull, 2), (os.POSIX_SPAWN_DUP2, child_in, 3),
+                   (os.POSIX_SPAWN_DUP2, child_out, 4)]
+        argv = [executable, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={user_data_dir}",
+                "about:blank"]
+        self.pid = os.posix_spawn(executable, argv, os.environ, file_actions=actions)
+        for fd in (child_in, child_out, devnull):
+            os.close(fd)
         self._out = os.fdopen(to_browser_w, "wb")
         self._in = os.fdopen(from_browser_r, "rb")
         self._lock = threading.Lock()  # one writer at a time
@@ -151,13 +151,20 @@ class Browser:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.send("Browser.close")
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if not self._exited(10):
+            os.kill(self.pid, signal.SIGKILL)
+            self._exited(10)
         self._out.close()
         self._in.close()
+
+    def _exited(self, timeout: float) -> bool:
+        """Reap the browser within ``timeout`` seconds; False if it is still running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                return True
+            time.sleep(0.05)
+        return False
 
 
 class Page:
