@@ -15,19 +15,33 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], *,
+                 before_replace: Callable[[str], None] | None = None) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    ``before_replace(tmp_path)`` runs once the new bytes are durable and before the rename
+    (``save_checkpoint`` hashes them there). An OSError (read-only folder, full disk) is
+    raised again naming ``path``, with the temp file removed and the old file untouched.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            # OSError(errno, text) builds the matching subclass (PermissionError, ...).
+            raise OSError(exc.errno, f"{exc.strerror}: cannot write {safe_text(str(path))!r} "
+                          "(the previous file, if any, is unchanged)") from exc
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
