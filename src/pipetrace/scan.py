@@ -63,7 +63,8 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list
     seen.add(real)
     files: list[str] = []
     try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
+        # Real entries before symlinks, so an alias never displaces the file it points to.
+        entries = sorted(os.scandir(top), key=lambda e: (e.is_symlink(), e.name))
     except OSError as exc:
         ignored.append((top, f"cannot list folder: {exc.strerror or exc}"))
         return []
@@ -102,13 +103,17 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
         raise FileNotFoundError(f"dataset folder {root!r} does not exist or is not a folder")
     root_real = os.path.realpath(root)
     ignored: list[tuple[str, str]] = []
-    found = sorted(
-        e.name for e in os.scandir(root)
-        if not is_hidden_or_junk(e.name) and e.is_dir(follow_symlinks=True)
-    )
+    folders = [e for e in os.scandir(root)
+               if not is_hidden_or_junk(e.name) and e.is_dir(follow_symlinks=True)]
+    plain = {os.path.realpath(e.path) for e in folders if not e.is_symlink()}
+    # A symlink to another class folder is not a class (it would be an empty one).
+    aliases = {e.name for e in folders if e.is_symlink() and os.path.realpath(e.path) in plain}
+    found = sorted(e.name for e in folders if e.name not in aliases)
     for e in os.scandir(root):
         if is_hidden_or_junk(e.name):
             ignored.append((e.path, "hidden or system file/folder"))
+        elif e.name in aliases:
+            ignored.append((e.path, "symlink to another class folder (not a class)"))
         elif not e.is_dir(follow_symlinks=True):
             ignored.append((e.path, "file at the top level (not in a class folder)"))
     if classes is None:
