@@ -74,6 +74,7 @@ class FileRecord:
     label: str | None  # class folder; None for entries outside a class
     status: str  # "loaded", "skipped" (cannot be used) or "ignored" (not a sample)
     reason: str = ""  # why skipped or ignored
+    strict: bool = False  # skipped only by the strict pass: training's decoder accepts it
     format: str = ""  # "jpeg", "png", "gif", "bmp", "webp" or "tiff", from the bytes
     width: int = 0  # pixels, from the header
     height: int = 0
@@ -289,6 +290,7 @@ def inspect_file(path: str, *, split: str = "", label: str | None = None,
                  cfg: CheckConfig = CheckConfig(), stderr: _Stderr | None = None) -> FileRecord:
     """Read one file once, decode it as training will (and strictly), and describe it."""
     rec = FileRecord(path, split, label, "loaded")
+    decoded = False
     try:
         data = read_bytes(path)
         rec = replace(rec, sha256=hashlib.sha256(data).hexdigest())
@@ -297,15 +299,17 @@ def inspect_file(path: str, *, split: str = "", label: str | None = None,
         if stderr is not None:
             with stderr.collect():
                 bgr = decode_bgr(data, path, limits=cfg.limits)
+            decoded = True
             complaint = libjpeg_complaint(stderr.text) if cfg.strict else None
             if complaint:
                 raise ImageLoadError(path, f"corrupt JPEG data (libjpeg: {complaint!r}); "
                                      "OpenCV would return a partly grey picture")
         else:
             bgr = decode_bgr(data, path, limits=cfg.limits)
+        decoded = True
         facts = pil_facts(data, path, full=cfg.strict, seconds=cfg.limits.max_decode_seconds)
     except ImageLoadError as exc:
-        return replace(rec, status="skipped", reason=exc.reason)
+        return replace(rec, status="skipped", reason=exc.reason, strict=decoded)
     return replace(rec, mode=facts["mode"], conversions=conversions(fmt, facts),
                    orientation=facts["orientation"], phash=difference_hash(bgr),
                    colours=colour_count(bgr))
@@ -375,10 +379,19 @@ def find_problems(report: DatasetReport, scans: list[FolderScan]) -> list[DataFi
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
+def _q(name: str | None) -> str:
+    """A name quoted for a message, bytes that are not UTF-8 shown as U+FFFD."""
+    return repr(safe_text(str(name)))
+
+
 def _unreadable(files) -> list[DataFinding]:
-    return [DataFinding("unreadable", "error", f.reason, f"{f.split}/{f.label}: skipped by "
-                        "training and by check", "replace the file with a real image or "
-                        "delete it", (f.path,)) for f in files if f.status == "skipped"]
+    return [DataFinding(
+        "unreadable", "error", f.reason,
+        f"in {f.split}/{safe_text(str(f.label))}: " + (
+            "only this strict pass sees it; training's decoder would use the damaged "
+            "picture" if f.strict else "training skips it and lists it"),
+        "replace the file with a real image or delete it", (f.path,))
+        for f in files if f.status == "skipped"]
 
 
 def _no_images(report) -> list[DataFinding]:
@@ -393,17 +406,21 @@ def _fold(name: str) -> str:
 
 
 def _class_collisions(scans) -> list[DataFinding]:
-    names = sorted({c for scan in scans for c in scan.classes}
-                   | {os.path.basename(p) for scan in scans for p, r in scan.ignored
-                      if r == "class not in the training classes"})
+    folders = {}  # class name -> its folder in the first split that has it
+    for scan in scans:
+        for c in scan.classes:
+            folders.setdefault(c, os.path.join(scan.root, c))
+        for p, r in scan.ignored:
+            if r == "class not in the training classes":
+                folders.setdefault(os.path.basename(p), p)
     groups = defaultdict(list)
-    for n in names:
+    for n in sorted(folders):
         groups[_fold(n)].append(n)
     return [DataFinding("class-names", "error", "class names differ only by case or Unicode "
-                        "normalization: " + ", ".join(repr(n) for n in g),
+                        "normalization: " + ", ".join(_q(n) for n in g),
                         "they are separate classes here but one folder on macOS and Windows "
                         "(and look the same to a person): probably one class split in two",
-                        "merge the folders or rename one", tuple(g))
+                        "merge the folders or rename one", tuple(folders[n] for n in g))
             for g in groups.values() if len(g) > 1]
 
 
@@ -412,14 +429,15 @@ def _empty_classes(report) -> list[DataFinding]:
     for s in report.splits:
         if not sum(s.loaded.values()):
             continue  # already an error
-        for c, n in s.loaded.items():
-            if n == 0:
-                out.append(DataFinding(
-                    "empty-class", "warning", f"class {c!r} has no usable image in {s.name}",
-                    "it keeps its index (nothing shifts), but " + (
-                        "the model never learns it" if s.name in ("train", "all")
-                        else "its validation accuracy is undefined"),
-                    "add images or remove the folder", (os.path.join(s.root, c),)))
+        empty = [c for c, n in s.loaded.items() if n == 0]
+        if empty:
+            out.append(DataFinding(
+                "empty-class", "warning", f"{len(empty)} class(es) without a usable image in "
+                f"{s.name}: " + ", ".join(_q(c) for c in empty),
+                "each keeps its index (nothing shifts), but " + (
+                    "the model never learns it" if s.name in ("train", "all")
+                    else "its validation accuracy is undefined"),
+                "add images or remove the folder", tuple(os.path.join(s.root, c) for c in empty)))
     return out
 
 
@@ -434,7 +452,7 @@ def _balance(report, cfg) -> list[DataFinding]:
         if ratio > cfg.max_imbalance:
             out.append(DataFinding(
                 "balance", "warning", f"{s.name} is imbalanced: {ratio:.0f}:1",
-                f"{big!r} has {counts[big]} images, {small!r} {counts[small]}; accuracy "
+                f"{_q(big)} has {counts[big]} images, {_q(small)} {counts[small]}; accuracy "
                 "will mostly reflect the large classes", "collect more of the small classes, "
                 "or weight the loss / sample by class"))
     return out
@@ -463,7 +481,7 @@ def _duplicates(files) -> list[DataFinding]:
             conflict = len(labels) > 1
             out.append(DataFinding(
                 "duplicate", "warning", f"{len(g)} identical files in {splits[0]}"
-                + (f" under different classes ({', '.join(map(repr, labels))})" if conflict
+                + (f" under different classes ({', '.join(map(_q, labels))})" if conflict
                    else ""), "the same bytes (SHA-256)" + (": conflicting labels"
                                                             if conflict else ""),
                 "keep one copy", paths))
@@ -528,7 +546,7 @@ def _placeholders(files, cfg) -> list[DataFinding]:
         palette_share = sum(f.mode in ("P", "PA") for f in group) / len(group)
         median_colours = statistics.median(f.colours for f in group)
         for f in group:
-            why = []
+            why, hints = [], []  # a reason alone is enough; hints need company
             stem = re.sub(r"[^a-z0-9]", "", os.path.splitext(os.path.basename(
                 safe_text(f.path)))[0].lower())
             if _PLACEHOLDER_NAME.search(stem):
@@ -540,15 +558,16 @@ def _placeholders(files, cfg) -> list[DataFinding]:
                 why.append(f"the same {'small' if small else 'flat'} image is saved "
                            f"{copies[f.sha256]} times")
             if f.mode in ("P", "PA") and palette_share <= 0.1:
-                why.append(f"a palette {f.format.upper()} among {len(group)} mostly "
+                hints.append(f"a palette {f.format.upper()} among {len(group)} mostly "
                            "full-colour images")
             if flat and median_colours > 8 * cfg.few_colours:
-                why.append(f"{f.colours} colours where the split's median is "
+                hints.append(f"{f.colours} colours where the split's median is "
                            f"{median_colours:.0f}")
-            if why:
+            if why or len(hints) > 1:
+                why += hints
                 out.append(DataFinding(
                     "placeholder", "warning", f"likely placeholder, not a photo of "
-                    f"{f.label!r}", "; ".join(why), "delete it (and re-download the real "
+                    f"{_q(f.label)}", "; ".join(why), "delete it (and re-download the real "
                     "image if there is one)", (f.path,)))
     return out
 
