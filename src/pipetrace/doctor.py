@@ -288,7 +288,13 @@ def conversions(fmt: str, facts: dict) -> tuple[str, ...]:
 
 def inspect_file(path: str, *, split: str = "", label: str | None = None,
                  cfg: CheckConfig = CheckConfig(), stderr: _Stderr | None = None) -> FileRecord:
-    """Read one file once, decode it as training will (and strictly), and describe it."""
+    """Read one file once, decode it as training will (and strictly), and describe it.
+
+    ``stderr`` collects libjpeg's messages; ``check_dataset`` passes one for all files.
+    """
+    if cfg.strict and stderr is None:
+        with tempfile.TemporaryFile() as buffer:
+            return inspect_file(path, split=split, label=label, cfg=cfg, stderr=_Stderr(buffer))
     rec = FileRecord(path, split, label, "loaded")
     decoded = False
     try:
@@ -296,11 +302,11 @@ def inspect_file(path: str, *, split: str = "", label: str | None = None,
         rec = replace(rec, sha256=hashlib.sha256(data).hexdigest())
         fmt, w, h = check_header(data, path, cfg.limits)  # refuses bombs before decoding
         rec = replace(rec, format=fmt, width=w, height=h)
-        if stderr is not None:
+        if cfg.strict:
             with stderr.collect():
                 bgr = decode_bgr(data, path, limits=cfg.limits)
             decoded = True
-            complaint = libjpeg_complaint(stderr.text) if cfg.strict else None
+            complaint = libjpeg_complaint(stderr.text)
             if complaint:
                 raise ImageLoadError(path, f"corrupt JPEG data (libjpeg: {complaint!r}); "
                                      "OpenCV would return a partly grey picture")
