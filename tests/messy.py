@@ -190,6 +190,7 @@ def build_messy_tree(base: Path) -> Messy:
     m.expect(write(os.fsencode(ants) + b"/photo \xff.jpg", encode(photo(next(seed)), ".jpg")),
              "loaded", "", "names:utf8")
     good(ants / "ant photo.jpg", split_checks=("names:spaces",))
+    good(ants / "\x1b[31mred\x1b[0m\x1b]0;title\x07.jpg", split_checks=("names:control",))
     good(ants / "Twin.jpg", split_checks=("file-names",))
     good(ants / "twin.jpg", split_checks=("file-names",))
 
