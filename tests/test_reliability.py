@@ -136,6 +136,32 @@ def test_file_that_disappears_or_changes_after_the_scan_is_skipped(image_folder,
     assert any("disappeared" in r for r in reasons) and any("changed" in r for r in reasons)
 
 
+AFTER_OPENCV_THREADS = """
+    import sys, cv2, numpy as np
+    from pipetrace.data import ImageDataset, LoaderConfig, make_loader
+    from pipetrace.transforms import Preprocess
+
+    folder = sys.argv[1]
+    samples = []
+    for i in range(8):
+        path = f"{folder}/{i}.png"
+        cv2.imwrite(path, np.full((40, 40, 3), 30 * i, np.uint8))
+        samples.append((path, i % 2))
+    big = np.zeros((3000, 3000, 3), np.uint8)
+    cv2.resize(big, (1000, 1000), interpolation=cv2.INTER_AREA)  # OpenCV's thread pool now runs
+    ds = ImageDataset(samples, Preprocess(size=16, crop_pct=1.0))
+    batches = list(make_loader(ds, LoaderConfig(batch_size=4, workers=2), shuffle=False))
+    print(sum(len(b) for b in batches))
+"""
+
+
+def test_workers_start_after_the_parent_used_opencv_threads(tmp_path):
+    # `train --stats dataset --workers 2` decodes in the main process first; its forked
+    # workers then hung for ever in cv2.setNumThreads(1) (pthread_cond_destroy).
+    proc = run_python(AFTER_OPENCV_THREADS, str(tmp_path), timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "8", proc.stderr[-2000:]
+
+
 def test_decoding_one_file_is_bounded_in_time(monkeypatch):
     big = encode(np.zeros((1100, 1000, 3), np.uint8), ".png")  # over the watchdog's 1 MP
     real = cv2.imdecode

@@ -144,7 +144,10 @@ def _worker_init(_worker_id: int) -> None:
     # Each worker gets one core's worth of threads; otherwise workers and the main process
     # fight over the same cores (measured: 286 vs 714 images/s on the photos, 2 cores).
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    # 0 (run sequentially), not 1: setNumThreads(1) rebuilds the thread pool inherited
+    # through fork, and if the parent had used it, destroying it hangs the worker for ever
+    # (pthread_cond_destroy): `train --stats dataset --workers 2` did.
+    cv2.setNumThreads(0)
 
 
 def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed: int = 0,
