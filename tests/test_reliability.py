@@ -228,7 +228,7 @@ def test_sigkill_during_checkpoint_save_leaves_a_loadable_checkpoint(tmp_path):
     proc = run_python(KILLER, str(tmp_path / "last.pt"), "150", "7")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     epochs = json.loads(proc.stdout.splitlines()[-1])["epochs"]
-    assert epochs[-1] > 20, "the saver hardly ran: the kills did not land during saves"
+    assert epochs[-1] > 5, f"the saver hardly ran, so the kills did not land during saves: {epochs}"
     assert epochs == sorted(epochs)
 
 
