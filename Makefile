@@ -24,7 +24,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/ruff format --check src tests bench
 
 bench: bench-loader bench-trace bench-step bench-memory bench-tta
@@ -44,9 +44,12 @@ bench-memory: $(STAMP)
 bench-tta: $(STAMP)
 	$(BIN)/python bench/time_to_accuracy.py $(DATA)
 
+# Coverage-guided fuzzing of stage 1 (atheris); `make test` runs the short hypothesis version.
+FUZZ_SECONDS ?= 300
 fuzz: $(STAMP)
-	$(BIN)/python -m pip install --quiet atheris
-	$(BIN)/python bench/fuzz_load.py -max_total_time=300
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	mkdir -p fuzz/artifacts
+	$(BIN)/python fuzz/fuzz_load.py -max_total_time=$(FUZZ_SECONDS) -timeout=20 -artifact_prefix=fuzz/artifacts/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -39,20 +39,35 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> str:
-    """Write ``ckpt`` atomically, then its SHA-256 to ``path + '.sha256'``; return the hash."""
+    """Write ``ckpt`` atomically with its SHA-256 in ``path + '.sha256'``; return the hash.
+
+    Two files cannot be replaced in one step, so a SIGKILL between them must not leave a
+    checkpoint whose sidecar names the other version: while the new file is renamed into
+    place the sidecar lists both the old and the new hash, and only then the new one alone.
+    """
     path = Path(path)
-    write_atomic(path, lambda f: torch.save(ckpt, f))
-    digest = sha256_file(path)
-    write_text_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+    side = path.with_name(path.name + ".sha256")
+    old = [sha256_file(path)] if path.is_file() else []
+    digest = ""
+
+    def publish_both(tmp: str) -> None:
+        nonlocal digest
+        digest = sha256_file(tmp)
+        write_text_atomic(side, "".join(f"{d}  {path.name}\n" for d in [*old, digest]))
+
+    write_atomic(path, lambda f: torch.save(ckpt, f), before_replace=publish_both)
+    write_text_atomic(side, f"{digest}  {path.name}\n")
     return digest
 
 
-def _read_sidecar(path: Path) -> str | None:
+def _read_sidecar(path: Path) -> set[str] | None:
+    """The hashes the sidecar accepts: one, or two while a save was in progress."""
     side = path.with_name(path.name + ".sha256")
     try:
-        return side.read_text().split()[0]
-    except (OSError, IndexError):
+        digests = {line.split()[0] for line in side.read_text().splitlines() if line.strip()}
+    except (OSError, IndexError, UnicodeDecodeError):
         return None
+    return digests or None
 
 
 def _why_unloadable(exc: Exception, data: bytes) -> str:
@@ -87,7 +102,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
     if path.stat().st_size == 0:
         raise CheckpointError(path, "empty file (0 bytes)")
     expected = _read_sidecar(path)
-    if expected is not None and expected != sha256_file(path):
+    if expected is not None and sha256_file(path) not in expected:
         raise CheckpointError(path, "SHA-256 does not match its .sha256 file (changed or "
                               "partly written)")
     data = path.read_bytes()  # never mmap: a file we did not write may be truncated

@@ -3,7 +3,7 @@
 The command line parses flags into a config, calls the library, maps errors to exit codes.
 
 Exit codes: 0 success, 1 findings/warnings (check, skew), 2 bad input (a file, a checkpoint,
-a dataset), 130 interrupted.
+a dataset) or errors found by check, or a file that cannot be written, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -272,6 +272,27 @@ def cmd_quiz(args) -> int:
     return run_quiz(doc, answers=args.answers)
 
 
+def cmd_check(args) -> int:
+    import json
+
+    from .doctor import CheckConfig, check_dataset
+    from .images import LoadLimits
+    from .report import terminal as term
+    from .report.dataset import print_dataset_report
+
+    cfg = CheckConfig(limits=LoadLimits(max_pixels=args.max_image_pixels), strict=not args.fast)
+    report = check_dataset(args.data, cfg)
+    try:
+        if args.json:
+            # ensure_ascii: the bytes on stdout are ASCII whatever the terminal's encoding
+            print(json.dumps(report.to_dict(), indent=1))
+        else:
+            print_dataset_report(term.make_console(), report, max_paths=args.max_paths)
+    except BrokenPipeError:  # `check --json | head`: keep the verdict as the exit code
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return report.exit_code
+
+
 # -- parser: one add_<command>(sub) per command ----------------------------------------------------
 
 def add_demo(sub) -> None:
@@ -379,8 +400,23 @@ def add_quiz(sub) -> None:
     q.set_defaults(func=cmd_quiz)
 
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_skew, add_export, add_report,
-            add_quiz)
+def add_check(sub) -> None:
+    from .images import LoadLimits
+
+    c = sub.add_parser("check", help="read every file of a dataset once and report problems "
+                       "(exit 0 clean, 1 warnings, 2 errors)")
+    c.add_argument("data", help="dataset root (train/ + val/, or class folders)")
+    c.add_argument("--json", action="store_true", help="print the full report as JSON")
+    c.add_argument("--fast", action="store_true",
+                   help="decode once, as training does (skips the strict second decode)")
+    c.add_argument("--max-paths", type=int, default=5, help="files listed per finding")
+    c.add_argument("--max-image-pixels", type=int, default=LoadLimits().max_pixels,
+                   help="refuse larger images from the header (default: %(default)s)")
+    c.set_defaults(func=cmd_check)
+
+
+COMMANDS = (add_demo, add_train, add_trace, add_predict, add_check, add_skew, add_export,
+            add_report, add_quiz)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pipetrace: interrupted", file=sys.stderr)
         return 130
-    except (ImageLoadError, CheckpointError, DatasetRefused, FileNotFoundError, ValueError,
-            TrainingDiverged) as exc:
+    except BrokenPipeError:  # `pipetrace check --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ImageLoadError, CheckpointError, DatasetRefused, OSError, ValueError,
+            TrainingDiverged) as exc:  # OSError: a missing folder, a read-only one, a full disk
         from .files import safe_text
 
         print(f"pipetrace: error: {safe_text(str(exc))}", file=sys.stderr)

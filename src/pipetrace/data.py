@@ -2,11 +2,14 @@
 
 A file that cannot be loaded never kills a run: the dataset returns its error instead of a
 tensor, :func:`collate` drops it from the batch and lists it in ``Batch.bad``, and the
-trainer counts and reports it (``on_bad_image="error"`` raises instead).
+trainer counts and reports it (``on_bad_image="error"`` raises instead). A file that
+disappears or changes (size or modification time) after the dataset was built is skipped
+the same way, with that reason.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -54,12 +57,21 @@ def load_classic(path: str, transform, limits: LoadLimits) -> torch.Tensor:
     return transform(pil).as_subclass(torch.Tensor)  # (3, S, S) float32, normalized
 
 
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """(size in bytes, modification time in ns) of a file, or None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 class ImageDataset(Dataset):
     """(path, label) samples -> (image, label, index, error) items for :func:`collate`."""
 
     def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
                  augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
-                 on_bad_image: str = "skip"):
+                 on_bad_image: str = "skip", track_changes: bool = True):
         if path not in LOADER_PATHS:
             raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
         self.samples = samples
@@ -69,6 +81,8 @@ class ImageDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.train = train
         self.augment = augment
+        # (size, mtime_ns) of each file now, compared again just before it is read
+        self.stamps = [file_stamp(p) for p, _ in samples] if track_changes else None
         if path == "fast":
             self.transform = fast_transform(pre, train=train, augment=augment)
         else:
@@ -79,6 +93,11 @@ class ImageDataset(Dataset):
 
     def load(self, i: int) -> torch.Tensor:
         file, _ = self.samples[i]
+        if self.stamps is not None and file_stamp(file) != self.stamps[i]:
+            gone = file_stamp(file) is None
+            raise ImageLoadError(file, "file disappeared since the dataset was scanned" if gone
+                                 else "file changed since the dataset was scanned (size or "
+                                 "modification time differ)")
         if self.path == "fast":
             return load_fast(file, self.pre, self.transform, self.limits)
         return load_classic(file, self.transform, self.limits)
@@ -125,7 +144,10 @@ def _worker_init(_worker_id: int) -> None:
     # Each worker gets one core's worth of threads; otherwise workers and the main process
     # fight over the same cores (measured: 286 vs 714 images/s on the photos, 2 cores).
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    # 0 (run sequentially), not 1: setNumThreads(1) rebuilds the thread pool inherited
+    # through fork, and if the parent had used it, destroying it hangs the worker for ever
+    # (pthread_cond_destroy): `train --stats dataset --workers 2` did.
+    cv2.setNumThreads(0)
 
 
 def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed: int = 0,

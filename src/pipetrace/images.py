@@ -12,7 +12,11 @@ Stage 1 policy (every input ends as an (H, W, 3) uint8 BGR array):
 * EXIF orientation is applied (what the camera meant; ``cv2.imread`` does the same,
   PIL and torchvision's ``ImageFolder`` do not: see ``checks.check_exif_orientation``);
 * a JPEG without its end-of-image marker is refused: OpenCV would return a half-grey
-  picture and only print a line to stderr.
+  picture and only print a line to stderr (corrupt data *inside* a complete JPEG still
+  decodes here; ``pipetrace check`` is the strict pass that catches it, see ``doctor``);
+* decoding one file is bounded in time: the pixel limit and a cap on progressive JPEG
+  scans bound the work, and images over a megapixel decode under a watchdog
+  (``LoadLimits.max_decode_seconds``).
 
 Every failure raises :class:`ImageLoadError`, which names the file and the cause.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +34,9 @@ from PIL import Image
 
 MAX_IMAGE_PIXELS = 89_478_485  # same default as PIL.Image.MAX_IMAGE_PIXELS (~ 9459 x 9459)
 MAX_ASPECT_RATIO = 50.0  # long side / short side; beyond this a resize is a memory bomb
+MAX_JPEG_SCANS = 256  # progressive JPEGs have ~10; each scan is another pass over every pixel
+MAX_DECODE_SECONDS = 10.0  # one file; a 89-megapixel JPEG decodes in about 1 s on one core
+WATCHDOG_PIXELS = 1 << 20  # decode under the watchdog above 1 megapixel (a thread costs ~0.1 ms)
 
 
 class ImageLoadError(ValueError):
@@ -46,6 +54,8 @@ class LoadLimits:
 
     max_pixels: int = MAX_IMAGE_PIXELS  # width * height above which a file is refused
     max_aspect: float = MAX_ASPECT_RATIO  # long side / short side above which it is refused
+    max_jpeg_scans: int = MAX_JPEG_SCANS  # JPEG scans (SOS markers) above which it is refused
+    max_decode_seconds: float | None = MAX_DECODE_SECONDS  # wall clock for one decode; None: off
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -168,6 +178,13 @@ def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
                              f"limit of {limits.max_aspect:.0f}:1 (refused before resizing)")
     if fmt == "jpeg" and not _jpeg_has_end(data if tail is None else tail):
         raise ImageLoadError(path, "truncated JPEG (no end-of-image marker)")
+    if fmt == "jpeg":
+        # Inside scan data every FF is stuffed (FF 00), so FF DA counts start-of-scan markers
+        # (plus, rarely, a few bytes of metadata: far from the limit).
+        scans = data.count(b"\xff\xda")
+        if scans > limits.max_jpeg_scans:
+            raise ImageLoadError(path, f"JPEG has {scans} scans, over the limit of "
+                                 f"{limits.max_jpeg_scans} (each is a pass over every pixel)")
     return fmt, w, h
 
 
@@ -237,8 +254,10 @@ def decode_bgr(data: bytes, path="<bytes>", *, limits: LoadLimits = LoadLimits()
     flags = cv2.IMREAD_COLOR
     if fmt == "jpeg":
         flags = _REDUCED_FLAGS.get(reduction_for(w, h, min_side), flags)
+    seconds = limits.max_decode_seconds if w * h > WATCHDOG_PIXELS else None
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        bgr = within_time(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), flags),
+                          seconds, path)
     except cv2.error as exc:
         raise ImageLoadError(path, f"OpenCV refused it: {str(exc).strip().splitlines()[-1]}") from None
     if bgr is None:
@@ -246,6 +265,33 @@ def decode_bgr(data: bytes, path="<bytes>", *, limits: LoadLimits = LoadLimits()
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:  # IMREAD_COLOR promises this
         raise ImageLoadError(path, f"decoded to {bgr.shape} {bgr.dtype}, expected H x W x 3 uint8")
     return bgr
+
+
+def within_time(work, seconds: float | None, path):
+    """Return ``work()``, or raise ImageLoadError if it runs longer than ``seconds``.
+
+    C code cannot be interrupted, so ``work`` runs in a daemon thread that is abandoned
+    (it finishes in the background) when the time is up: the run goes on without it.
+    OpenCV and PIL release the GIL while decoding. ``seconds=None`` calls ``work`` directly.
+    """
+    if not seconds:
+        return work()
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="pipetrace-decode", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ImageLoadError(path, f"decoding took longer than {seconds:g} s (abandoned)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def load_bgr(path: str | os.PathLike, *, limits: LoadLimits = LoadLimits(),

@@ -3,7 +3,8 @@
 Unlike torchvision's ``ImageFolder``: hidden folders, ``__MACOSX`` and ``.ipynb_checkpoints``
 are not classes; an empty class folder keeps its index (so nothing shifts) instead of
 refusing the whole dataset; symlinks are followed, but never in a loop, never out of the
-root and never twice to the same folder; every file that is not used is counted with a reason.
+root and never twice to the same folder or file; every file that is not used is counted with
+a reason.
 """
 
 from __future__ import annotations
@@ -46,19 +47,24 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def _walk_files(top: str, root_real: str, seen_dirs: set[str], ignored: list) -> list[str]:
-    """Files under ``top``, sorted; follow symlinks once, stay inside the root."""
+def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list[str]:
+    """Files under ``top``, sorted; follow symlinks once, stay inside the root.
+
+    ``seen`` holds the real paths of the folders and files already listed, so neither a
+    folder nor a file reached twice (through a symlink) gives a second sample.
+    """
     real = os.path.realpath(top)
-    if real in seen_dirs:
+    if real in seen:
         ignored.append((top, "folder already scanned through another path (symlink alias or loop)"))
         return []
     if not _inside(real, root_real):
         ignored.append((top, "symlink points outside the dataset root"))
         return []
-    seen_dirs.add(real)
+    seen.add(real)
     files: list[str] = []
     try:
-        entries = sorted(os.scandir(top), key=lambda e: e.name)
+        # Real entries before symlinks, so an alias never displaces the file it points to.
+        entries = sorted(os.scandir(top), key=lambda e: (e.is_symlink(), e.name))
     except OSError as exc:
         ignored.append((top, f"cannot list folder: {exc.strerror or exc}"))
         return []
@@ -72,7 +78,7 @@ def _walk_files(top: str, root_real: str, seen_dirs: set[str], ignored: list) ->
         except OSError:
             is_dir = False
         if is_dir:
-            files.extend(_walk_files(path, root_real, seen_dirs, ignored))
+            files.extend(_walk_files(path, root_real, seen, ignored))
         elif entry.is_symlink() and not os.path.exists(path):
             ignored.append((path, "broken symlink"))
         elif entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
@@ -80,6 +86,12 @@ def _walk_files(top: str, root_real: str, seen_dirs: set[str], ignored: list) ->
         elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append((path, "not an image file extension"))
         else:
+            # A plain file's real path is its folder's (already unique) plus its name.
+            target = os.path.realpath(path) if entry.is_symlink() else os.path.join(real, entry.name)
+            if target in seen:
+                ignored.append((path, "file already listed through another path (symlink alias)"))
+                continue
+            seen.add(target)
             files.append(path)
     return files
 
@@ -91,13 +103,17 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
         raise FileNotFoundError(f"dataset folder {root!r} does not exist or is not a folder")
     root_real = os.path.realpath(root)
     ignored: list[tuple[str, str]] = []
-    found = sorted(
-        e.name for e in os.scandir(root)
-        if not is_hidden_or_junk(e.name) and e.is_dir(follow_symlinks=True)
-    )
+    folders = [e for e in os.scandir(root)
+               if not is_hidden_or_junk(e.name) and e.is_dir(follow_symlinks=True)]
+    plain = {os.path.realpath(e.path) for e in folders if not e.is_symlink()}
+    # A symlink to another class folder is not a class (it would be an empty one).
+    aliases = {e.name for e in folders if e.is_symlink() and os.path.realpath(e.path) in plain}
+    found = sorted(e.name for e in folders if e.name not in aliases)
     for e in os.scandir(root):
         if is_hidden_or_junk(e.name):
             ignored.append((e.path, "hidden or system file/folder"))
+        elif e.name in aliases:
+            ignored.append((e.path, "symlink to another class folder (not a class)"))
         elif not e.is_dir(follow_symlinks=True):
             ignored.append((e.path, "file at the top level (not in a class folder)"))
     if classes is None:
@@ -106,14 +122,14 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
         raise ValueError(f"no class folders in {root!r}: expected root/<class>/<image files>")
     known = set(classes)
     scan = FolderScan(root=root, classes=list(classes), ignored=ignored)
-    seen_dirs: set[str] = set()
+    seen: set[str] = set()
     for name in found:
         folder = os.path.join(root, name)
         if name not in known:
             scan.ignored.append((folder, "class not in the training classes"))
             continue
         label = scan.class_to_idx[name]
-        for path in _walk_files(folder, root_real, seen_dirs, scan.ignored):
+        for path in _walk_files(folder, root_real, seen, scan.ignored):
             scan.samples.append((path, label))
     return scan
 
