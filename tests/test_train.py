@@ -14,13 +14,13 @@ from pipetrace.train import EpochRecord, Observer, TrainConfig, TrainingDiverged
 
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory):
-    return render(ShapesConfig(train_per_class=16, val_per_class=4, image_size=32, seed=3),
+    return render(ShapesConfig(train_per_class=16, val_per_class=4, image_size=64, seed=3),
                   tmp_path_factory.mktemp("shapes"))
 
 
 def config(data, out, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="pipenet-tiny", epochs=2, batch_size=16,
-                image_size=32, crop_pct=1.0, lr=3e-3, trace_every=2)
+                image_size=64, crop_pct=1.0, lr=3e-3, trace_every=2)
     return TrainConfig(**{**base, **kw})
 
 
@@ -36,7 +36,7 @@ def test_fit_writes_a_complete_run_folder(tiny_shapes, tmp_path):
     assert len(result.records) == 2 and all(math.isfinite(r.train_loss) for r in result.records)
     assert sum(map(sum, result.confusion)) == 16  # every validation image counted once
     assert [s.index for s in result.stages] == [1, 2, 3, 4, 5]
-    assert result.stages[3].output.shape == (16, 3, 32, 32)
+    assert result.stages[3].output.shape == (16, 3, 64, 64)
     assert result.probes and result.probes[0]["step"] == 0
     ckpt = ckpt_io.load_checkpoint(run / "last.pt")
     for key in ("model_state", "optimizer_state", "scheduler_state", "rng", "history",
@@ -112,3 +112,5 @@ def test_val_fraction_split_when_no_val_folder(tiny_shapes, tmp_path):
 def test_bad_config_values_are_refused(tiny_shapes, tmp_path):
     with pytest.raises(ValueError, match="augmentation"):
         fit(replace(config(tiny_shapes, tmp_path), augment="mixup"))
+    with pytest.raises(ValueError, match="at least 64 px"):
+        fit(replace(config(tiny_shapes, tmp_path), image_size=32))

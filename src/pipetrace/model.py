@@ -77,6 +77,9 @@ class PipeNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes)
 
+        # Smallest input that keeps a map of at least 1 x 1 after the last pooling.
+        self.min_input_size = stem_stride * 2 ** (len(widths) - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.features(x))))
 

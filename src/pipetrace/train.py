@@ -506,6 +506,9 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                                       "the checkpoint was written")
     model_cfg = ModelConfig(cfg.model, len(classes))
     model = build_model(model_cfg)
+    if getattr(model, "min_input_size", 0) > pre.size:
+        raise ValueError(f"{cfg.model} needs images of at least {model.min_input_size} px; "
+                         f"image_size is {pre.size}")
     if cfg.weights and not state:
         _load_initial_weights(model, cfg.weights)
     elif hasattr(model, "init_from_data") and not state:  # e.g. cifarnet's whitening stem
