@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +45,8 @@ if rank == 1 and fault == "hang":  # joins the job, then never takes part
     time.sleep(600)
 if rank == 1 and fault == "no-data":  # its machine lacks the dataset
     argv = [a + "-missing" if i == 1 else a for i, a in enumerate(argv)]
+if rank == 1 and fault == "other-data":  # its copy of the dataset lacks a file
+    argv = [os.environ["OTHER_DATA"] if i == 1 else a for i, a in enumerate(argv)]
 sys.exit(main(argv))
 '''
 
@@ -177,12 +180,17 @@ def test_resumed_two_process_run_continues_from_its_checkpoint(ddp_run, shapes, 
 @pytest.mark.parametrize("fault, says", [
     ("no-data", "rank 1 of 2: dataset folder"),  # a rank that raises: its error, then the end
     ("hang", "rank 0 of 2: lost contact with the other processes"),  # one that never answers
+    ("other-data", "is not the same in every process: rank 1 sees"),  # per-node copies that are not the same
 ])
 def test_a_failed_rank_ends_the_job_with_a_clear_error(fault, says, shapes, launcher, tmp_path):
+    other = tmp_path / "other"
+    if fault == "other-data":
+        shutil.copytree(shapes, other)
+        sorted((other / "train" / "circle").iterdir())[-1].unlink()
     t0 = time.perf_counter()
     proc = torchrun("train", str(shapes), "--out", str(tmp_path / "run"), "--batch-size", "16",
                     *FLAGS, "--dist-timeout", "5", cwd=tmp_path, script=launcher,
-                    env={"FAULT": fault}, timeout=180)
+                    env={"FAULT": fault, "OTHER_DATA": str(other)}, timeout=180)
     assert proc.returncode != 0
     assert says in proc.stderr, proc.stderr[-3000:]
     assert time.perf_counter() - t0 < 120  # start-up + 5 s, not the 600 s rank 1 sleeps

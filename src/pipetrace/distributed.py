@@ -102,6 +102,16 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def check_same_everywhere(value, info: DistInfo, *, what: str) -> None:
+    """Raise the same ValueError on every rank unless all ranks hold an equal ``value``."""
+    values = gather_objects(value, info)
+    odd = [rank for rank, v in enumerate(values) if v != values[0]]
+    if odd:
+        who = f"rank {odd[0]} sees" if len(odd) == 1 else f"ranks {', '.join(map(str, odd))} see"
+        raise ValueError(f"{what} is not the same in every process: {who} other files or "
+                         f"labels than rank 0 (copies on each machine must be identical)")
+
+
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every rank, in place.
 

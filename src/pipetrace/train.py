@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
+import os
 import random
 import re
 import time
@@ -43,6 +45,7 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     broadcast_buffers,
+    check_same_everywhere,
     gather_objects,
     run_on_main,
 )
@@ -513,6 +516,9 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     amp = resolve_amp(cfg.amp, device)
     pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
     setup = prepare_data(cfg, pre0)
+    if dist.enabled:  # shards are index ranges: one file more on one node shifts them all
+        check_same_everywhere(_dataset_digest(setup, cfg.data), dist,
+                              what=f"the dataset in {cfg.data!r}")
     pre, classes = setup.preprocess, setup.classes
     if state and state["classes"] != classes:
         raise ckpt_io.CheckpointError(run / "last.pt", "the dataset's classes changed since "
@@ -634,6 +640,15 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     for o in observers:
         o.on_train_end(result)
     return result
+
+
+def _dataset_digest(setup: DataSetup, root: str) -> str:
+    """SHA-256 of the readable files (relative to ``root``) and their labels, both splits."""
+    h = hashlib.sha256()
+    for ds in (setup.train_set, setup.val_set):
+        for path, label in ds.samples if ds is not None else ():
+            h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()
 
 
 def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
