@@ -513,6 +513,9 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         run.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, dist)
+    if dist.enabled and cfg.sync_bn and device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                         "kernel); on CPU each process normalizes over its own batch")
     amp = resolve_amp(cfg.amp, device)
     pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
     setup = prepare_data(cfg, pre0)
@@ -655,9 +658,6 @@ def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
                   dist: DistInfo) -> tuple[nn.Module, nn.Module]:
     """(model, the module that trains it): on ``device``; under torchrun, wrapped in DDP."""
     if dist.enabled and cfg.sync_bn:
-        if device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
-                             "kernel); on CPU each process normalizes over its own batch")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares the parameters
     model.to(device)
     if cfg.channels_last:
