@@ -114,3 +114,20 @@ def test_bad_config_values_are_refused(tiny_shapes, tmp_path):
         fit(replace(config(tiny_shapes, tmp_path), augment="mixup"))
     with pytest.raises(ValueError, match="at least 64 px"):
         fit(replace(config(tiny_shapes, tmp_path), image_size=32))
+
+
+def test_resume_for_more_epochs_replans_the_schedule(tiny_shapes, tmp_path):
+    """`fit(resume=True, epochs=N)`: a finished 1-epoch one-cycle run trained for 2 in all.
+
+    The schedule is re-planned over 2 epochs and continues from the step reached, so it ends
+    where a 2-epoch plan ends (its own one-cycle would have run out of steps)."""
+    kw = dict(image_size=64, schedule="onecycle")  # pipenet-tiny needs 64 px (1 x 1 at the end)
+    fresh = fit(config(tiny_shapes, tmp_path / "fresh", **kw))
+    one = fit(config(tiny_shapes, tmp_path / "run", epochs=1, **kw))
+    more = fit(config(tiny_shapes, tmp_path / "run"), resume=True, epochs=2)
+    assert [r.epoch for r in more.records] == [1, 2] and more.records[0] == one.records[0]
+    assert more.config.epochs == 2 and ckpt_io.load_checkpoint(tmp_path / "run" / "last.pt")[
+        "train_config"]["epochs"] == 2
+    assert more.records[1].lr == pytest.approx(fresh.records[1].lr)
+    with pytest.raises(ValueError, match="already trained 2"):
+        fit(config(tiny_shapes, tmp_path / "run"), resume=True, epochs=1)

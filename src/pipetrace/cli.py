@@ -3,7 +3,8 @@
 The command line parses flags into a config, calls the library, maps errors to exit codes.
 
 Exit codes: 0 success, 1 findings/warnings (check, skew), 2 bad input (a file, a checkpoint,
-a dataset) or errors found by check, or a file that cannot be written, 130 interrupted.
+a dataset) or errors found by check, or a file that cannot be written, 3 a distributed run
+lost one of its processes, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def print_run(console, result, art) -> None:
 
 
 def cmd_train(args) -> int:
-    from .distributed import env_requests_distributed, init_distributed, shutdown
+    from .distributed import DistInfo, env_requests_distributed, init_distributed, shutdown
     from .report import terminal as term
     from .report.build import write_run_report
     from .train import PRESETS, TrainConfig, fit
@@ -72,11 +73,10 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(**values)
     if args.resume:
         cfg = replace(cfg, out=args.resume)
-    dist = init_distributed(os.environ, use_cuda=_wants_cuda(cfg.device)) \
-        if env_requests_distributed(os.environ) else None
-    from .distributed import DistInfo
-
-    dist = dist or DistInfo()
+    dist = DistInfo()
+    if env_requests_distributed(os.environ):  # started by torchrun
+        dist = init_distributed(os.environ, use_cuda=_wants_cuda(cfg.device),
+                                timeout_s=args.dist_timeout)
     console = term.make_console()
     try:
         observers = (term.TerminalObserver(console),) if dist.is_main else ()
@@ -84,7 +84,8 @@ def cmd_train(args) -> int:
             from .tensorboard import TensorBoardObserver
 
             observers += (TensorBoardObserver(Path(cfg.out) / "tensorboard"),)
-        result = fit(cfg, observers=observers, resume=bool(args.resume), dist=dist)
+        result = fit(cfg, observers=observers, resume=bool(args.resume),
+                     epochs=args.epochs if args.resume else None, dist=dist)
         if dist.is_main:
             image, truth = _first_val_image(result)
             art = write_run_report(result, image=image, command="train", true_class=truth)
@@ -312,7 +313,11 @@ def add_train(sub) -> None:
     t = sub.add_parser("train", help="train on an ImageFolder dataset and trace it")
     t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders)")
     t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with "
+                   "--epochs N: train it for N epochs in all, re-planning the LR schedule)")
+    t.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: how long a process waits for the others before the "
+                   "run fails (default: 300)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     defaults = TrainConfig()
     for f in fields(TrainConfig):  # one flag per config field, typed by its default
@@ -446,8 +451,30 @@ def main(argv: list[str] | None = None) -> int:
             TrainingDiverged) as exc:  # OSError: a missing folder, a read-only one, a full disk
         from .files import safe_text
 
-        print(f"pipetrace: error: {safe_text(str(exc))}", file=sys.stderr)
+        print(f"pipetrace: error: {_rank_prefix()}{safe_text(str(exc))}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a collective that failed: say what it means
+        from .distributed import is_collective_failure
+
+        if not is_collective_failure(exc):
+            raise
+        from .files import safe_text
+
+        reason = safe_text(str(exc)).strip().splitlines()[0][:300]
+        print(f"pipetrace: error: {_rank_prefix()}lost contact with the other processes "
+              f"({reason}). Another process failed, hung or was stopped: see its messages "
+              f"above. (A step that truly takes longer needs a larger --dist-timeout, now "
+              f"{getattr(args, 'dist_timeout', 300.0):g} s.)", file=sys.stderr)
+        return 3
+
+
+def _rank_prefix() -> str:
+    """'rank 1 of 2: ' under torchrun (whose environment the CLI may read), else ''."""
+    from .distributed import env_requests_distributed
+
+    if not env_requests_distributed(os.environ):
+        return ""
+    return f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: "
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ it in; the library itself never reads the environment.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+import platform
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,7 +27,9 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """In a process group: started by torchrun, even as a single process (which then
+        runs the same DDP code path as many, e.g. to check NCCL on a one-GPU machine)."""
+        return self.backend != "none"
 
     @property
     def is_main(self) -> bool:
@@ -36,9 +39,12 @@ class DistInfo:
         return asdict(self)
 
 
+ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")  # what env:// init reads
+
+
 def env_requests_distributed(env: Mapping[str, str]) -> bool:
-    """True when started by torchrun (or any launcher that sets WORLD_SIZE > 1)."""
-    return int(env.get("WORLD_SIZE", "1")) > 1
+    """True when started by torchrun (or any launcher that sets the ``env://`` variables)."""
+    return all(name in env for name in ENV_VARS)
 
 
 def init_distributed(env: Mapping[str, str], *, use_cuda: bool, timeout_s: float = 300.0
@@ -48,15 +54,16 @@ def init_distributed(env: Mapping[str, str], *, use_cuda: bool, timeout_s: float
     A timeout is always set, so a rank that dies brings the others down with an error
     instead of leaving them waiting forever.
     """
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
+    world = int(env["WORLD_SIZE"])
     rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
     backend = "nccl" if use_cuda else "gloo"
+    device_id = None
     if use_cuda:
         torch.cuda.set_device(local_rank)
+        device_id = torch.device("cuda", local_rank)  # binds NCCL to this GPU up front
     if not tdist.is_initialized():
-        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                 device_id=device_id)
     return DistInfo(world, rank, local_rank, backend)
 
 
@@ -84,6 +91,99 @@ def broadcast_object(obj, info: DistInfo):
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         tdist.barrier()
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (picklable objects)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def check_same_everywhere(value, info: DistInfo, *, what: str) -> None:
+    """Raise the same ValueError on every rank unless all ranks hold an equal ``value``."""
+    values = gather_objects(value, info)
+    odd = [rank for rank, v in enumerate(values) if v != values[0]]
+    if odd:
+        who = f"rank {odd[0]} sees" if len(odd) == 1 else f"ranks {', '.join(map(str, odd))} see"
+        raise ValueError(f"{what} is not the same in every process: {who} other files or "
+                         f"labels than rank 0 (copies on each machine must be identical)")
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank, in place.
+
+    Each rank updates its running statistics from its own last batch; evaluating after this
+    measures, on every shard, the very model rank 0 saves.
+    """
+    if info.enabled:
+        for b in module.buffers():
+            tdist.broadcast(b, src=0)
+
+
+def run_on_main(fn: Callable[[], object], info: DistInfo):
+    """``fn()`` on rank 0 only, its result (or its exception) handed to every rank.
+
+    For what only rank 0 can do, such as reading the checkpoint on the node that wrote it:
+    if it fails, every rank raises the same error instead of waiting for a value.
+    """
+    if not info.enabled:
+        return fn()
+    box: list = [None, None]
+    if info.is_main:
+        try:
+            box[0] = fn()
+        except Exception as exc:  # handed to the other ranks, then raised here too
+            box[1] = exc
+    tdist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    """True for the errors a collective raises when another rank died, hung or timed out."""
+    return isinstance(exc, tdist.DistError) or (
+        isinstance(exc, RuntimeError) and any(
+            s in str(exc) for s in ("Timed out", "timed out", "Connection closed by peer",
+                                    "Connection reset by peer", "NCCL communicator was aborted")))
+
+
+@dataclass(frozen=True)
+class RankRecord:
+    """One process's share of an epoch: how much it trained and how fast its loader fed it."""
+
+    rank: int
+    host: str  # machine name (several machines: one per node)
+    images: int  # training images this process stepped through
+    seconds: float  # its training time in the epoch (without validation)
+    data_seconds: float  # of which waiting for its loader, copy and normalize included
+
+    @classmethod
+    def measure(cls, info: DistInfo, images: int, seconds: float, data_seconds: float
+                ) -> RankRecord:
+        return cls(info.rank, platform.node(), images, seconds, data_seconds)
+
+    @property
+    def images_per_s(self) -> float:
+        """Training throughput of this process."""
+        return self.images / max(self.seconds, 1e-9)
+
+    @property
+    def data_share(self) -> float:
+        """Share of its training time this process spent waiting for data, 0-1."""
+        return self.data_seconds / max(self.seconds, 1e-9)
+
+    @property
+    def loader_images_per_s(self) -> float:
+        """How fast this process's loader delivered images while the process waited for it."""
+        return self.images / max(self.data_seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "images_per_s": self.images_per_s,
+                "loader_images_per_s": self.loader_images_per_s, "data_share": self.data_share}
 
 
 class ShardSampler(Sampler[int]):

@@ -114,6 +114,7 @@ class CifarNet(nn.Module):
     def __init__(self, widths: tuple[int, ...], num_classes: int, head_scale: float = 1 / 9):
         super().__init__()
         self.stem = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)  # (N, 24, 31, 31)
+        self.stem.weight.requires_grad_(False)  # set by init_from_data, never trained
         self.stem_act = nn.GELU()
         blocks, cin = OrderedDict(), 24
         for i, w in enumerate(widths):
@@ -142,7 +143,6 @@ class CifarNet(nn.Module):
         vals, vecs = vals.flip(0), vecs.T.flip(0)  # largest first
         w = (vecs / torch.sqrt(vals + eps)[:, None]).view(12, 3, 2, 2)  # (c, dy, dx) order
         self.stem.weight.copy_(torch.cat([w, -w]).to(self.stem.weight.dtype))
-        self.stem.weight.requires_grad_(False)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """airbench's optimizer groups: BatchNorm biases learn 64x faster; every parameter

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
+import os
 import random
+import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,7 +38,17 @@ from .data import (
     split_samples,
     to_model_input,
 )
-from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier
+from .distributed import (
+    DistInfo,
+    RankRecord,
+    ShardSampler,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    check_same_everywhere,
+    gather_objects,
+    run_on_main,
+)
 from .files import write_text_atomic
 from .images import LoadLimits
 from .model import ModelConfig, build_model, count_parameters
@@ -142,6 +156,7 @@ class TrainResult:
     bad_files: list[tuple[str, str]]  # (path, reason) skipped
     params: int
     dist: DistInfo = field(default_factory=DistInfo)
+    ranks: list[RankRecord] = field(default_factory=list)  # last epoch, one per process
     dataset: dict = field(default_factory=dict)  # split layout and counts
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
@@ -197,9 +212,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's shuffling and augmentation: resume needs nothing else."""
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's shuffling and augmentation: resume needs nothing else.
+
+    Each process of a distributed run draws its own augmentation (rank 0: the 1-process seed).
+    """
+    return seed * 1_000_003 + epoch + rank * 1_000_000_007
 
 
 @dataclass
@@ -361,7 +379,7 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
                     observers: Sequence[Observer], dist: DistInfo, step0: int) -> dict:
     """One pass over the training loader; returns loss, accuracy, counts and timing."""
     loop.model.train()
-    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, dist.rank))
     sums = _Sums.zeros(loop.device)
     bad: list[tuple[int, str]] = []
     t0 = time.perf_counter()
@@ -397,10 +415,11 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
             for o in observers:
                 o.on_batch_end(epoch, step + 1, steps, float(loss.detach()), rate)
         t_data = time.perf_counter()
+    mine = RankRecord.measure(dist, int(sums.count), time.perf_counter() - t0, data_time)
     loss, acc, n = sums.reduce(dist)
     seconds = time.perf_counter() - t0
     return {"loss": loss, "acc": acc, "count": n, "seconds": seconds, "data_seconds": data_time,
-            "bad": bad}
+            "bad": bad, "rank": mine}
 
 
 @torch.no_grad()
@@ -476,30 +495,47 @@ def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, clas
 
 
 def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = False,
-        dist: DistInfo = DistInfo()) -> TrainResult:
+        epochs: int | None = None, dist: DistInfo = DistInfo()) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write the run folder; return the trace.
 
     With ``resume=True`` the run continues from ``cfg.out/last.pt``: later epochs match an
     uninterrupted run with the same seed (each epoch's shuffle and augmentation are seeded
-    from the seed and the epoch number; RNG states travel in the checkpoint).
+    from the seed and the epoch number; RNG states travel in the checkpoint). ``epochs``
+    changes the saved plan's epoch count (to train longer); the learning-rate schedule is
+    then re-planned over the new total and continues from the step reached.
+
+    Under torchrun (``dist.enabled``) every process calls this; rank 0 alone reads the
+    checkpoint, writes files and tells the observers.
     """
     if cfg.augment not in AUGMENTS:
         raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {AUGMENTS}")
     t_start = time.perf_counter()
+    observers = tuple(observers) if dist.is_main else ()
     run = Path(cfg.out)
     state = None
-    if resume:
-        state = ckpt_io.load_checkpoint(run / "last.pt")
+    if resume:  # read on rank 0 (the node that wrote it), handed to the others
+        state = run_on_main(lambda: ckpt_io.load_checkpoint(run / "last.pt"), dist)
         # Resume continues the saved plan (epochs, schedule); only where it runs may change.
         cfg = replace(TrainConfig.from_dict(state["train_config"]), out=cfg.out,
                       workers=cfg.workers, device=cfg.device)
+        if epochs is not None:
+            if epochs < state["epoch"]:
+                raise ValueError(f"cannot resume {str(run)!r} for {epochs} epochs: it has "
+                                 f"already trained {state['epoch']}")
+            cfg = replace(cfg, epochs=epochs)
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device, dist)
+    if dist.enabled and cfg.sync_bn and device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                         "kernel); on CPU each process normalizes over its own batch")
     amp = resolve_amp(cfg.amp, device)
     pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
     setup = prepare_data(cfg, pre0)
+    if dist.enabled:  # shards are index ranges: one file more on one node shifts them all
+        check_same_everywhere(_dataset_digest(setup, cfg.data), dist,
+                              what=f"the dataset in {cfg.data!r}")
     pre, classes = setup.preprocess, setup.classes
     if state and state["classes"] != classes:
         raise ckpt_io.CheckpointError(run / "last.pt", "the dataset's classes changed since "
@@ -513,23 +549,19 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         _load_initial_weights(model, cfg.weights)
     elif hasattr(model, "init_from_data") and not state:  # e.g. cifarnet's whitening stem
         model.init_from_data(first_images(setup.train_set, pre))
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    net = model
-    if dist.enabled:
-        if cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if state:  # before DDP wraps it: DDP starts every rank from rank 0's weights
+        model.load_state_dict(state["model_state"])
+    model, net = _wrap_for_ddp(model, cfg, device, dist)  # `net` trains, `model` is saved
     lcfg = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, path=cfg.loader,
                         channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image)
     train_sampler = None
-    if dist.enabled:
+    if dist.enabled:  # each rank a disjoint, equal share; reshuffled by set_epoch
         train_sampler = torch.utils.data.DistributedSampler(
             setup.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
             seed=cfg.seed, drop_last=True)
+    shard = len(train_sampler) if train_sampler is not None else len(setup.train_set)
     train_loader = make_loader(setup.train_set, lcfg, shuffle=True, seed=cfg.seed,
-                               sampler=train_sampler, drop_last=len(setup.train_set) > cfg.batch_size)
+                               sampler=train_sampler, drop_last=shard > cfg.batch_size)
     val_loader = None
     if setup.val_set is not None:
         val_loader = make_loader(setup.val_set, replace(lcfg, batch_size=max(cfg.batch_size, 256)),
@@ -545,9 +577,9 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     records: list[EpochRecord] = []
     start_epoch, best_acc = 0, -1.0
     if state:
-        model.load_state_dict(state["model_state"])
         opt.load_state_dict(state["optimizer_state"])
-        sched.load_state_dict(state["scheduler_state"])
+        _resume_schedule(sched, state["scheduler_state"], state["epoch"] * steps_per_epoch,
+                         same_plan=cfg.epochs == state["train_config"]["epochs"])
         if scaler is not None and state.get("scaler_state"):
             scaler.load_state_dict(state["scaler_state"])
         _set_rng_state(state["rng"])
@@ -557,11 +589,12 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         write_text_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
     tracing = dist.is_main and cfg.trace_every > 0  # trace_every=0: no stage trace at all
     stages, pictures = first_batch_stages(train_loader, loop, cfg) if tracing else ([], {})
+    ranks: list[RankRecord] = []
     probe = BatchProbe(every=cfg.trace_every)
     info = {"config": cfg, "dataset": setup.info, "device": str(device),
             "amp": str(amp).removeprefix("torch.") if amp else "off",
             "params": count_parameters(model), "dist": dist, "start_epoch": start_epoch,
-            "steps_per_epoch": steps_per_epoch, "classes": classes, "model": net}
+            "steps_per_epoch": steps_per_epoch, "classes": classes, "model": model}
     for o in observers:
         o.on_train_start(info)
     bad_files = list(setup.bad_files)
@@ -571,19 +604,21 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank))
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
             tr = train_one_epoch(loop, train_loader, epoch=epoch + 1, seed=cfg.seed, probe=probe,
-                                 observers=observers if dist.is_main else (), dist=dist,
-                                 step0=epoch * steps_per_epoch)
+                                 observers=observers, dist=dist, step0=epoch * steps_per_epoch)
             ev = {"loss": None, "acc": None, "confusion": [], "bad": []}
             if val_loader is not None:
-                ev = evaluate(net, val_loader, pre, device=device, amp=amp,
+                broadcast_buffers(model, dist)  # every shard judged by the model rank 0 saves
+                ev = evaluate(model, val_loader, pre, device=device, amp=amp,
                               channels_last=cfg.channels_last, tta=cfg.tta,
                               num_classes=len(classes), dist=dist)
             confusion = ev["confusion"]
             bad_now = _name_bad(setup.train_set, tr["bad"]) + _name_bad(setup.val_set, ev["bad"])
+            ranks, bads = zip(*gather_objects((tr["rank"], bad_now), dist), strict=True)
+            ranks, bad_now = list(ranks), [b for bad in bads for b in bad]  # all processes
             bad_files.extend(b for b in bad_now if b not in bad_files)
             seconds = time.perf_counter() - t_epoch
             record = EpochRecord(
@@ -607,13 +642,13 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                 _metrics_files(run, records)
                 is_best = acc_now > best_acc
                 best_acc = max(best_acc, acc_now)
-                c = make_checkpoint(model=net, opt=opt, sched=sched, scaler=scaler,
+                c = make_checkpoint(model=model, opt=opt, sched=sched, scaler=scaler,
                                     epoch=epoch + 1, records=records, best_acc=best_acc, **ckpt_kw)
                 ckpt_io.save_checkpoint(run / "last.pt", c)
                 if is_best:
                     ckpt_io.save_checkpoint(run / "best.pt", c)
             barrier(dist)
-            for o in observers if dist.is_main else ():
+            for o in observers:
                 o.on_epoch_end(record)
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -622,9 +657,10 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         run_dir=str(run), config=cfg, classes=classes, preprocess=pre, model_config=model_cfg,
         records=records, confusion=confusion, stages=stages, stage_pictures=pictures,
         probes=probe.samples,
-        bad_files=bad_files, params=count_parameters(model), dist=dist, dataset=setup.info,
-        timing={"total_seconds": time.perf_counter() - t_start}, stopped=stopped)
-    for o in observers if dist.is_main else ():
+        bad_files=bad_files, params=count_parameters(model), dist=dist, ranks=ranks,
+        dataset=setup.info, timing={"total_seconds": time.perf_counter() - t_start},
+        stopped=stopped)
+    for o in observers:
         o.on_train_end(result)
     return result
 
@@ -634,6 +670,41 @@ def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch
     ds = ImageDataset(dataset.samples[:n], pre, path="fast", limits=dataset.limits)
     batches = [b.images for b in make_loader(ds, LoaderConfig(batch_size=500), shuffle=False)]
     return to_model_input(torch.cat(batches), pre)
+
+
+def _dataset_digest(setup: DataSetup, root: str) -> str:
+    """SHA-256 of the readable files (relative to ``root``) and their labels, both splits."""
+    h = hashlib.sha256()
+    for ds in (setup.train_set, setup.val_set):
+        for path, label in ds.samples if ds is not None else ():
+            h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()
+
+
+def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                  dist: DistInfo) -> tuple[nn.Module, nn.Module]:
+    """(model, the module that trains it): on ``device``; under torchrun, wrapped in DDP."""
+    if dist.enabled and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # shares the parameters
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if not dist.enabled:
+        return model, model
+    return model, DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _resume_schedule(sched, saved: dict, step: int, *, same_plan: bool) -> None:
+    """Put the schedule at ``step``: the saved one, or this new plan's (more epochs, or a
+    different number of steps per epoch after a change of process count)."""
+    if same_plan and saved["last_epoch"] == step:
+        sched.load_state_dict(saved)
+        return
+    sched.last_epoch = step - 1
+    with warnings.catch_warnings():  # moving to `step`, not training: no optimizer step due
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler"))
+        sched.step()
 
 
 def _name_bad(dataset: ImageDataset | None, bad: list[tuple[int, str]]) -> list[tuple[str, str]]:

@@ -28,7 +28,7 @@ from ..layers import LayerTrace
 from ..predict import LoadedModel, load_model, trace_prediction
 from ..trace import chw_picture
 from ..train import TrainResult
-from .document import data_uri, load_document, meta_block, save_document
+from .document import VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
 from .plots import confusion_png, curves_png
@@ -91,14 +91,23 @@ def run_block(result: TrainResult) -> dict:
         "classes": result.classes, "preprocess": result.preprocess.to_dict(),
         "model": {"name": result.model_config.name, "params": result.params,
                   "config": result.model_config.to_dict()},
-        "distributed": result.dist.to_dict(),
+        "distributed": distributed_block(result),
     }
+
+
+def distributed_block(result: TrainResult) -> dict:
+    """The data-parallel layout: processes, backend, batch per process and in all, and each
+    process's throughput in the last epoch (one process: world_size 1, one rank)."""
+    world = result.dist.world_size
+    return {**result.dist.to_dict(), "per_rank_batch": result.config.batch_size,
+            "global_batch": result.config.batch_size * world,
+            "ranks": [r.to_dict() for r in result.ranks]}
 
 
 def build_document(result: TrainResult, *, command: str, prediction: dict | None,
                    findings: list[Finding], device: str = "cpu") -> dict:
     doc = {
-        "format": "pipetrace-trace", "version": 1,
+        "format": "pipetrace-trace", "version": VERSION,
         "meta": meta_block(command, device),
         "run": run_block(result),
         "stages": [s.to_dict() for s in result.stages],

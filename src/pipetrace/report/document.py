@@ -4,6 +4,8 @@ Schema: ``docs/trace-format.md``. Format versions:
 
 * 1 - first format: ``meta``, ``run``, ``stages``, ``findings``, ``training``,
   ``prediction``, ``quiz``, ``insight``; pictures inline as ``data:image/png`` URIs.
+* 2 - ``run.distributed`` adds ``per_rank_batch``, ``global_batch`` and ``ranks`` (each
+  process's images, images/s and loader images/s in the last epoch).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from ..files import safe_text, write_text_atomic
 
 FORMAT = "pipetrace-trace"
-VERSION = 1
+VERSION = 2
 
 
 def data_uri(png: bytes | None) -> str | None:

@@ -162,9 +162,35 @@ def print_onnx_check(console: Console, check: OnnxCheck, *, opset: int) -> None:
         console.print("[red]The ONNX model disagrees with PyTorch.[/]")
 
 
+def rank_table(result: TrainResult) -> Table:
+    """One row per process of a torchrun job: its share of the last epoch and its speed."""
+    t = Table(title="Processes (last epoch)", title_justify="left")
+    for col in ("rank", "host", "images", "img/s", "loader img/s", "waiting for data"):
+        t.add_column(col, justify="left" if col == "host" else "right")
+    for r in result.ranks:
+        t.add_row(str(r.rank), clean(r.host), f"{r.images:,}", f"{r.images_per_s:,.0f}",
+                  f"{r.loader_images_per_s:,.0f}", f"{r.data_share:.0%}")
+    return t
+
+
+def layout_line(result: TrainResult) -> str:
+    """'Distributed: 2 processes (gloo), batch 16 per process x 2 = 32 global'."""
+    d, batch = result.dist, result.config.batch_size
+    return (f"Distributed: {processes(d.world_size)} ({d.backend}), batch {batch} per process "
+            f"x {d.world_size} = {batch * d.world_size} global")
+
+
+def processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def print_training(console: Console, result: TrainResult) -> None:
-    """The end of a run: the epoch table, the loss chart, per-class accuracy, skipped files."""
+    """The end of a run: the epoch table, the loss chart, per-class accuracy, skipped files,
+    and under torchrun the processes' layout and speed."""
     console.print(epoch_table(result.records))
+    if result.dist.enabled and result.ranks:
+        console.print(layout_line(result), markup=False)
+        console.print(rank_table(result))
     console.print(ascii_chart([r.train_loss for r in result.records]), markup=False)
     if result.confusion:
         accs = result.per_class_accuracy
@@ -197,7 +223,9 @@ class TerminalObserver(Observer):
             f"{ds['train_images']:,} images, validating on {ds['val_images']:,} "
             f"({clean(ds['val_source'])}); {ds['classes']} classes; device {info['device']}, "
             f"mixed precision {info['amp']}, batch {cfg.batch_size}"
-            + (f" x {info['dist'].world_size} processes" if info["dist"].enabled else ""))
+            + (f" x {processes(info['dist'].world_size)} = "
+               f"{cfg.batch_size * info['dist'].world_size} global ({info['dist'].backend})"
+               if info["dist"].enabled else ""))
         if self.console.is_terminal:
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                      TextColumn("{task.completed}/{task.total}"),
