@@ -22,6 +22,7 @@ from common import data_dir, save
 from pipetrace.data import ImageDataset, LoaderConfig, make_loader, to_model_input
 from pipetrace.distributed import DistInfo
 from pipetrace.model import ModelConfig, build_model
+from pipetrace.optim import build_optimizer
 from pipetrace.scan import scan_image_folder
 from pipetrace.trace import BatchProbe
 from pipetrace.train import (
@@ -29,7 +30,6 @@ from pipetrace.train import (
     Observer,
     TrainConfig,
     _Loop,
-    build_optimizer,
     resolve_amp,
     train_one_epoch,
 )
@@ -54,7 +54,7 @@ def pipetrace_epoch(model, data, cfg, pre) -> float:
     opt, sched = build_optimizer(cfg, model, len(data))
     loop = _Loop(model, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                  device, resolve_amp("auto", device), None, pre, True,
-                 BatchAugment.for_preset(cfg.augment, pre.size))
+                 BatchAugment.for_preset(cfg.augment, pre.size, cfg.crop_pad))
     t0 = time.perf_counter()
     train_one_epoch(loop, data, epoch=1, seed=0, probe=BatchProbe(every=cfg.trace_every),
                     observers=(Quiet(),), dist=DistInfo(), step0=0)
@@ -64,7 +64,7 @@ def pipetrace_epoch(model, data, cfg, pre) -> float:
 def bare_epoch(model, data, cfg, pre) -> float:
     opt, sched = build_optimizer(cfg, model, len(data))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    augment = BatchAugment.for_preset(cfg.augment, pre.size)
+    augment = BatchAugment.for_preset(cfg.augment, pre.size, cfg.crop_pad)
     gen = torch.Generator().manual_seed(0)
     model.train()
     t0 = time.perf_counter()

@@ -71,7 +71,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
                  augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
-                 on_bad_image: str = "skip", track_changes: bool = True):
+                 on_bad_image: str = "skip", track_changes: bool = True,
+                 crop_pad: int | None = None):
         if path not in LOADER_PATHS:
             raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
         self.samples = samples
@@ -86,7 +87,8 @@ class ImageDataset(Dataset):
         if path == "fast":
             self.transform = fast_transform(pre, train=train, augment=augment)
         else:
-            self.transform = classic_transform(pre, train=train, augment=augment)
+            self.transform = classic_transform(pre, train=train, augment=augment,
+                                               crop_pad=crop_pad)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -125,6 +125,9 @@ class CifarNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes, bias=False)
         self.head_scale = head_scale  # airbench scales the logits down; steadier early training
+        for m in self.features.modules():  # airbench: identity init for the first filters
+            if isinstance(m, nn.Conv2d):
+                nn.init.dirac_(m.weight.data[: m.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.stem_act(self.stem(x)))

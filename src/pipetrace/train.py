@@ -9,16 +9,9 @@ ends, and tells observers (the terminal view, TensorBoard) what happened.
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
-import json
 import math
-import os
 import random
-import re
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -29,15 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
-from .data import (
-    Batch,
-    ImageDataset,
-    LoaderConfig,
-    check_files,
-    make_loader,
-    split_samples,
-    to_model_input,
-)
+from .data import Batch, LoaderConfig, make_loader, to_model_input
 from .distributed import (
     DistInfo,
     RankRecord,
@@ -49,13 +34,23 @@ from .distributed import (
     gather_objects,
     run_on_main,
 )
-from .files import write_text_atomic
 from .images import LoadLimits
 from .model import ModelConfig, build_model, count_parameters
 from .observations import Point, observe
-from .scan import find_splits
+from .optim import build_optimizer, resume_schedule
+from .prepare import DatasetRefused, dataset_digest, first_images, name_bad, prepare_data
+from .runfolder import (
+    load_initial_weights,
+    make_checkpoint,
+    set_rng_state,
+    write_config,
+    write_metrics,
+)
 from .trace import BatchProbe, StageRecord, summarize, trace_sample, train_stage_record
-from .transforms import AUGMENTS, BatchAugment, Preprocess, channel_stats, with_dataset_stats
+from .transforms import AUGMENTS, BatchAugment, Preprocess
+
+__all__ = ["PRESETS", "DatasetRefused", "EpochRecord", "Observer", "TrainConfig", "TrainResult",
+           "TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
 
 PRESETS: dict[str, dict] = {
     # The built-in shapes at the seed's 224 x 224 (see `pipetrace demo`).
@@ -63,10 +58,10 @@ PRESETS: dict[str, dict] = {
                  optimizer="adamw", lr=2e-3, schedule="onecycle", augment="flip"),
     # CIFAR-10 from JPEG files on a CPU: an airbench-style recipe (see docs/performance.md).
     # lr x weight_decay = 0.002 per step, as airbench94 (whose loss is summed, not averaged).
-    "cifar": dict(model="cifarnet", epochs=10, batch_size=1024, image_size=32, crop_pct=1.0,
+    "cifar": dict(model="cifarnet", epochs=12, batch_size=1024, image_size=32, crop_pct=1.0,
                   optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
                   schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
-                  label_smoothing=0.2, augment="crop-flip", tta=True),
+                  label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True),
     # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
     "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
                    optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
@@ -95,6 +90,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
     augment: str = "flip"  # "none", "flip", "crop-flip" (pad + random crop) or "rrc"
+    crop_pad: int | None = None  # crop-flip's translation in pixels (None: image_size / 8)
     workers: int = 0  # DataLoader workers per process; measure before raising (2 cores!)
     seed: int = 0  # same seed, same CPU: same metrics
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
@@ -179,10 +175,6 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class DatasetRefused(ValueError):
-    """Too many unreadable files to train on (``max_bad_fraction``)."""
-
-
 # -- set-up --------------------------------------------------------------------------------------
 
 def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
@@ -218,113 +210,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     Each process of a distributed run draws its own augmentation (rank 0: the 1-process seed).
     """
     return seed * 1_000_003 + epoch + rank * 1_000_000_007
-
-
-@dataclass
-class DataSetup:
-    classes: list[str]
-    preprocess: Preprocess
-    train_set: ImageDataset
-    val_set: ImageDataset | None
-    bad_files: list[tuple[str, str]]
-    info: dict
-
-
-def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
-    """Scan, split, pre-check the files' headers and build both datasets."""
-    splits = find_splits(cfg.data)
-    classes = splits.train.classes
-    train_samples = splits.train.samples
-    if splits.val is not None:
-        val_samples = splits.val.samples
-    elif cfg.val_fraction > 0:
-        train_samples, val_samples = split_samples(train_samples, cfg.val_fraction, cfg.seed)
-    else:
-        val_samples = []
-    limits = LoadLimits(max_pixels=cfg.max_image_pixels)
-    train_samples, bad_train = check_files(train_samples, limits)
-    val_samples, bad_val = check_files(val_samples, limits)
-    bad = bad_train + bad_val
-    total = len(train_samples) + len(val_samples) + len(bad)
-    if total == 0:
-        raise DatasetRefused(f"no image files found in {cfg.data!r}")
-    if len(bad) / total > cfg.max_bad_fraction:
-        shown = "; ".join(reason for _, reason in bad[:3])
-        raise DatasetRefused(
-            f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
-            f"max_bad_fraction={cfg.max_bad_fraction}: {shown}")
-    pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
-    make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
-    train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment, **make)
-    if preprocess is None and cfg.stats == "dataset":
-        pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))
-        train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment, **make)
-    val_set = ImageDataset(val_samples, pre, train=False, **make) if val_samples else None
-    info = {
-        "root": str(cfg.data), "layout": splits.layout, "classes": len(classes),
-        "train_images": len(train_samples), "val_images": len(val_samples),
-        "val_source": splits.layout if splits.val is not None else
-        (f"{cfg.val_fraction:.0%} of train (seed {cfg.seed})" if val_samples else "none"),
-        "ignored_files": len(splits.train.ignored) + (len(splits.val.ignored) if splits.val else 0),
-        "bad_files": len(bad),
-        "train_counts": _counts(train_samples, classes),
-    }
-    return DataSetup(classes, pre, train_set, val_set, bad, info)
-
-
-def _counts(samples, classes) -> dict[str, int]:
-    n = dict.fromkeys(classes, 0)
-    for _, label in samples:
-        n[classes[label]] += 1
-    return n
-
-
-def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int = 2000):
-    """Per-channel mean/std of (up to ``max_images``) training images at the model's size."""
-    ds = ImageDataset(samples[:: max(1, len(samples) // max_images)], pre, path="fast",
-                      limits=limits)
-    loader = make_loader(ds, LoaderConfig(batch_size=256), shuffle=False)
-    return channel_stats(b.images for b in loader if len(b))
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
-    """Optimizer and a per-step LR schedule.
-
-    A model may define its own groups (``param_groups(lr, weight_decay)``, as timm models
-    define ``no_weight_decay()``); otherwise norms and biases get no weight decay.
-    """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    if hasattr(net, "param_groups"):
-        groups = net.param_groups(cfg.lr, cfg.weight_decay)
-    else:
-        decay, no_decay = [], []
-        for p in net.parameters():
-            if p.requires_grad:
-                (decay if p.ndim > 1 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use 'sgd' or 'adamw'")
-    total_steps = max(total_steps, 1)
-    warmup = max(1, int(cfg.warmup_pct * total_steps))
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps + 1,
-            pct_start=min(0.9, max(cfg.warmup_pct, 2 / total_steps)),  # >= 2 warm-up steps
-            anneal_strategy="linear", cycle_momentum=False, div_factor=1 / cfg.lr_start,
-            final_div_factor=cfg.lr_start / cfg.lr_end)
-    elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-            1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total_steps - warmup))))))
-    elif cfg.schedule == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    else:
-        raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine or constant")
-    return opt, sched
 
 
 # -- one epoch -----------------------------------------------------------------------------------
@@ -453,47 +338,6 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
 
 # -- the run -------------------------------------------------------------------------------------
 
-def _metrics_files(run: Path, records: list[EpochRecord]) -> None:
-    rows = [asdict(r) for r in records]
-    write_text_atomic(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    write_text_atomic(run / "metrics.csv", buf.getvalue())
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, classes, pre,
-                    model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """Everything needed to resume or to serve, as plain tensors and data."""
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    return {
-        "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
-        "model_state": net.state_dict(), "optimizer_state": opt.state_dict(),
-        "scheduler_state": sched.state_dict(),
-        "scaler_state": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(), "epoch": epoch, "best_acc": best_acc,
-        "history": [asdict(r) for r in records], "classes": list(classes),
-        "preprocess": pre.to_dict(), "model_config": model_cfg.to_dict(),
-        "train_config": cfg.to_dict(),
-    }
-
-
 def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = False,
         epochs: int | None = None, dist: DistInfo = DistInfo()) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; write the run folder; return the trace.
@@ -534,7 +378,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
     setup = prepare_data(cfg, pre0)
     if dist.enabled:  # shards are index ranges: one file more on one node shifts them all
-        check_same_everywhere(_dataset_digest(setup, cfg.data), dist,
+        check_same_everywhere(dataset_digest(setup, cfg.data), dist,
                               what=f"the dataset in {cfg.data!r}")
     pre, classes = setup.preprocess, setup.classes
     if state and state["classes"] != classes:
@@ -546,7 +390,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         raise ValueError(f"{cfg.model} needs images of at least {model.min_input_size} px; "
                          f"image_size is {pre.size}")
     if cfg.weights and not state:
-        _load_initial_weights(model, cfg.weights)
+        load_initial_weights(model, cfg.weights)
     elif hasattr(model, "init_from_data") and not state:  # e.g. cifarnet's whitening stem
         model.init_from_data(first_images(setup.train_set, pre))
     if state:  # before DDP wraps it: DDP starts every rank from rank 0's weights
@@ -572,21 +416,21 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     loop = _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                  device, amp, scaler, pre, cfg.channels_last,
-                 BatchAugment.for_preset(cfg.augment, pre.size) if cfg.loader == "fast"
+                 BatchAugment.for_preset(cfg.augment, pre.size, cfg.crop_pad) if cfg.loader == "fast"
                  else BatchAugment())
     records: list[EpochRecord] = []
     start_epoch, best_acc = 0, -1.0
     if state:
         opt.load_state_dict(state["optimizer_state"])
-        _resume_schedule(sched, state["scheduler_state"], state["epoch"] * steps_per_epoch,
+        resume_schedule(sched, state["scheduler_state"], state["epoch"] * steps_per_epoch,
                          same_plan=cfg.epochs == state["train_config"]["epochs"])
         if scaler is not None and state.get("scaler_state"):
             scaler.load_state_dict(state["scaler_state"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start_epoch, best_acc = state["epoch"], state["best_acc"]
         records = [EpochRecord(**r) for r in state["history"]]
     if dist.is_main:
-        write_text_atomic(run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        write_config(run, cfg)
     tracing = dist.is_main and cfg.trace_every > 0  # trace_every=0: no stage trace at all
     stages, pictures = first_batch_stages(train_loader, loop, cfg) if tracing else ([], {})
     ranks: list[RankRecord] = []
@@ -616,7 +460,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                               channels_last=cfg.channels_last, tta=cfg.tta,
                               num_classes=len(classes), dist=dist)
             confusion = ev["confusion"]
-            bad_now = _name_bad(setup.train_set, tr["bad"]) + _name_bad(setup.val_set, ev["bad"])
+            bad_now = name_bad(setup.train_set, tr["bad"]) + name_bad(setup.val_set, ev["bad"])
             ranks, bads = zip(*gather_objects((tr["rank"], bad_now), dist), strict=True)
             ranks, bad_now = list(ranks), [b for bad in bads for b in bad]  # all processes
             bad_files.extend(b for b in bad_now if b not in bad_files)
@@ -633,13 +477,13 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                 stopped = (f"diverged: loss became {tr['loss']} in epoch {epoch + 1}; the last "
                            "good checkpoint is kept")
                 if dist.is_main:
-                    _metrics_files(run, records)
+                    write_metrics(run, records)
                 for o in observers:
                     o.on_epoch_end(record)
                 raise TrainingDiverged(stopped)
             acc_now = record.val_acc if record.val_acc is not None else record.train_acc
             if dist.is_main:
-                _metrics_files(run, records)
+                write_metrics(run, records)
                 is_best = acc_now > best_acc
                 best_acc = max(best_acc, acc_now)
                 c = make_checkpoint(model=model, opt=opt, sched=sched, scaler=scaler,
@@ -665,22 +509,6 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     return result
 
 
-def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch.Tensor:
-    """Up to ``n`` training images, un-augmented and normalized: (n, 3, S, S) float32."""
-    ds = ImageDataset(dataset.samples[:n], pre, path="fast", limits=dataset.limits)
-    batches = [b.images for b in make_loader(ds, LoaderConfig(batch_size=500), shuffle=False)]
-    return to_model_input(torch.cat(batches), pre)
-
-
-def _dataset_digest(setup: DataSetup, root: str) -> str:
-    """SHA-256 of the readable files (relative to ``root``) and their labels, both splits."""
-    h = hashlib.sha256()
-    for ds in (setup.train_set, setup.val_set):
-        for path, label in ds.samples if ds is not None else ():
-            h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode(errors="surrogateescape"))
-    return h.hexdigest()
-
-
 def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
                   dist: DistInfo) -> tuple[nn.Module, nn.Module]:
     """(model, the module that trains it): on ``device``; under torchrun, wrapped in DDP."""
@@ -693,33 +521,6 @@ def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
         return model, model
     return model, DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _resume_schedule(sched, saved: dict, step: int, *, same_plan: bool) -> None:
-    """Put the schedule at ``step``: the saved one, or this new plan's (more epochs, or a
-    different number of steps per epoch after a change of process count)."""
-    if same_plan and saved["last_epoch"] == step:
-        sched.load_state_dict(saved)
-        return
-    sched.last_epoch = step - 1
-    with warnings.catch_warnings():  # moving to `step`, not training: no optimizer step due
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler"))
-        sched.step()
-
-
-def _name_bad(dataset: ImageDataset | None, bad: list[tuple[int, str]]) -> list[tuple[str, str]]:
-    if dataset is None:
-        return []
-    return [(dataset.samples[i][0], reason) for i, reason in bad]
-
-
-def _load_initial_weights(model: nn.Module, path: str) -> None:
-    data = ckpt_io.read_checkpoint_file(path)
-    state = data.get("model_state", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise ckpt_io.CheckpointError(path, "holds no state dict")
-    ckpt_io.check_finite(state, path)
-    ckpt_io.load_state_into(model, state, path, strict=False)
 
 
 def first_batch_stages(loader, loop: _Loop, cfg: TrainConfig

@@ -57,7 +57,12 @@ def interpolation_mode(name: str) -> v2.InterpolationMode:
 
 # -- the classic chain: per image, PIL -> float tensor ---------------------------------------------
 
-def _geometry(pre: Preprocess, augment: str, *, train: bool) -> list:
+def crop_padding(size: int, crop_pad: int | None) -> int:
+    """crop-flip's translation range in pixels: ``crop_pad``, or size / 8 (4 px at 32)."""
+    return max(1, size // 8) if crop_pad is None else crop_pad
+
+
+def _geometry(pre: Preprocess, augment: str, *, train: bool, crop_pad: int | None = None) -> list:
     """Resize/crop/flip steps shared by both chains (they work on PIL images and tensors)."""
     interp = interpolation_mode(pre.interpolation)
     if train and augment == "rrc":
@@ -66,16 +71,18 @@ def _geometry(pre: Preprocess, augment: str, *, train: bool) -> list:
         steps = [v2.Resize(pre.resize_size, interpolation=interp, antialias=True),
                  v2.CenterCrop(pre.size)]
     if train and augment == "crop-flip":
-        steps.append(v2.RandomCrop(pre.size, padding=max(1, pre.size // 8), padding_mode="reflect"))
+        steps.append(v2.RandomCrop(pre.size, padding=crop_padding(pre.size, crop_pad),
+                                   padding_mode="reflect"))
     if train and augment in ("flip", "crop-flip", "rrc"):
         steps.append(v2.RandomHorizontalFlip())
     return steps
 
 
-def classic_transform(pre: Preprocess, *, train: bool = False, augment: str = "none") -> v2.Compose:
+def classic_transform(pre: Preprocess, *, train: bool = False, augment: str = "none",
+                      crop_pad: int | None = None) -> v2.Compose:
     """PIL RGB image -> (3, size, size) float32 normalized tensor, the seed's stage 3."""
     return v2.Compose([
-        *_geometry(pre, augment, train=train),
+        *_geometry(pre, augment, train=train, crop_pad=crop_pad),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
@@ -169,10 +176,11 @@ class BatchAugment:
     pad: int = 0  # crop-flip: translation range in pixels
 
     @classmethod
-    def for_preset(cls, augment: str, size: int) -> BatchAugment:
+    def for_preset(cls, augment: str, size: int, crop_pad: int | None = None) -> BatchAugment:
         if augment not in AUGMENTS:
             raise ValueError(f"unknown augmentation preset {augment!r}; choose from {AUGMENTS}")
-        return cls(augment=augment, pad=max(1, size // 8) if augment == "crop-flip" else 0)
+        return cls(augment=augment,
+                   pad=crop_padding(size, crop_pad) if augment == "crop-flip" else 0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.augment == "crop-flip":

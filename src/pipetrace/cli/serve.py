@@ -1,0 +1,148 @@
+"""`pipetrace predict`, `skew` and `export`: the commands that use a trained model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def add_predict(sub) -> None:
+    pr = sub.add_parser("predict", help="classify images and trace one through every layer")
+    pr.add_argument("model", help="run folder or checkpoint file")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--depth", type=int, default=None, help="fold modules deeper than this")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--save", metavar="DIR", help="write pictures (one image) or predictions.csv")
+    pr.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from ..predict import list_images, load_model, predict_files, predictions_csv, trace_prediction
+    from ..report import terminal as term
+
+    console = term.make_console()
+    lm = load_model(args.model)
+    files = list_images(args.images)
+    if len(files) == 1 and not os.path.isdir(args.images[0]):
+        lt = trace_prediction(lm, files[0], top_k=args.top_k, depth=args.depth)
+        if args.json:
+            import json
+
+            print(json.dumps({"image": files[0], "checkpoint": lm.source, "classes": lm.classes,
+                              "layers": [r.to_dict() for r in lt.layers], "logits": lt.logits,
+                              "probabilities": lt.probabilities, "top_k": lt.top_k,
+                              "predicted": lt.predicted}, indent=1))
+        else:
+            console.print(term.layer_table(lt, title=f"Prediction trace — {term.clean(files[0])}"))
+            console.print("Top classes:\n" + term.top_k_lines(lt), markup=False)
+        if args.save:
+            from ..report.build import prediction_block
+            from ..report.files import save_prediction_pictures
+
+            block, _, _ = prediction_block(lm, files[0], top_k=args.top_k, depth=args.depth)
+            save_prediction_pictures(block, args.save)
+        return 0
+    preds = predict_files(lm, files, top_k=args.top_k)
+    if args.json:
+        import json
+
+        print(json.dumps({"checkpoint": lm.source, "classes": lm.classes,
+                          "predictions": [p.to_dict() for p in preds]}, indent=1))
+        return 0
+    text = predictions_csv(preds)
+    if args.save:
+        from ..files import write_text_atomic
+
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.save) / "predictions.csv", text)
+        console.print(f"Wrote {len(preds)} predictions to {term.clean(args.save)}/predictions.csv")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]:
+    """The images given, or the checkpoint's own validation images when none are."""
+    from ..predict import list_images, validation_images
+
+    if images:
+        return list_images(images)
+    files = validation_images(lm, limit)
+    if not files:
+        data = (lm.checkpoint.get("train_config") or {}).get("data") or "?"
+        raise ValueError(f"no images given, and the checkpoint's dataset {data!r} has no "
+                         "validation folder here: give image files or folders")
+    return files
+
+
+def add_skew(sub) -> None:
+    sk = sub.add_parser("skew", help="compare your own inference preprocessing with the "
+                        "checkpoint's evaluation pipeline")
+    sk.add_argument("model", help="run folder or checkpoint file")
+    sk.add_argument("images", nargs="*", help="image files or folders (default: validation "
+                    "images of the checkpoint's dataset)")
+    sk.add_argument("--preprocess", required=True, metavar="MODULE:FUNCTION",
+                    help="your function: image file path -> the tensor/array you feed the "
+                    "model (module name or path/to/file.py)")
+    sk.add_argument("--limit", type=int, default=8,
+                    help="validation images to use when none are given (default: 8)")
+    sk.add_argument("--json", action="store_true")
+    sk.set_defaults(func=cmd_skew)
+
+
+def cmd_skew(args) -> int:
+    from ..predict import load_model
+    from ..report import terminal as term
+    from ..skew import check_skew, load_user_function
+
+    lm = load_model(args.model)
+    fn = load_user_function(args.preprocess)
+    report = check_skew(lm, fn, _images_or_validation(lm, args.images, args.limit),
+                        name=args.preprocess)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        term.print_skew(term.make_console(), report)
+    return 1 if report.skew else 0
+
+
+def add_export(sub) -> None:
+    from ..export import OPSET
+
+    ex = sub.add_parser("export", help="write the model as ONNX (contract in its metadata) and "
+                        "check it with onnxruntime")
+    ex.add_argument("model", help="run folder or checkpoint file")
+    ex.add_argument("images", nargs="*", help="images to check on (default: validation "
+                    "images of the checkpoint's dataset)")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--opset", type=int, default=OPSET)
+    ex.add_argument("--limit", type=int, default=100,
+                    help="validation images to check on when none are given (default: 100)")
+    ex.add_argument("--json", action="store_true", help="print the check as JSON")
+    ex.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from ..predict import load_model
+    from ..report import terminal as term
+
+    try:
+        from ..export import check_onnx, export_onnx
+    except ImportError as exc:
+        raise ValueError(f"export needs onnx and onnxruntime ({exc}): pip install "
+                         "'pipetrace[onnx]'") from None
+    lm = load_model(args.model)
+    files = _images_or_validation(lm, args.images, args.limit)  # before writing anything
+    path = export_onnx(lm, args.onnx, opset=args.opset)
+    check = check_onnx(lm, path, files)
+    if args.json:
+        import json
+
+        print(json.dumps(check.to_dict(), indent=1))
+    else:
+        term.print_onnx_check(term.make_console(), check, opset=args.opset)
+    return 0 if check.ok else 1

@@ -1,0 +1,36 @@
+"""`pipetrace report` and `pipetrace quiz`: the commands that render a run's trace again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_report(sub) -> None:
+    r = sub.add_parser("report", help="render report.html again from trace.json")
+    r.add_argument("run", help="run folder or trace.json")
+    r.add_argument("--out", help="output HTML file (default: beside trace.json)")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from ..report.build import rerender
+
+    target = rerender(str(Path(args.run) / "trace.json") if Path(args.run).is_dir() else args.run,
+                      args.out)
+    print(f"Wrote {target}")
+    return 0
+
+
+def add_quiz(sub) -> None:
+    q = sub.add_parser("quiz", help="the run's quiz in the terminal")
+    q.add_argument("run", help="run folder or trace.json")
+    q.add_argument("--answers", action="store_true", help="print questions with answers")
+    q.set_defaults(func=cmd_quiz)
+
+
+def cmd_quiz(args) -> int:
+    from ..report.document import load_document
+    from ..report.quizcli import run_quiz
+
+    doc = load_document(Path(args.run) / "trace.json" if Path(args.run).is_dir() else args.run)
+    return run_quiz(doc, answers=args.answers)

@@ -1,0 +1,67 @@
+"""The optimizer and its per-step learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
+    """Optimizer and a per-step LR schedule.
+
+    A model may define its own groups (``param_groups(lr, weight_decay)``, as timm models
+    define ``no_weight_decay()``); otherwise norms and biases get no weight decay.
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    if hasattr(net, "param_groups"):
+        groups = net.param_groups(cfg.lr, cfg.weight_decay)
+    else:
+        decay, no_decay = [], []
+        for p in net.parameters():
+            if p.requires_grad:
+                (decay if p.ndim > 1 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}: use 'sgd' or 'adamw'")
+    total_steps = max(total_steps, 1)
+    warmup = max(1, int(cfg.warmup_pct * total_steps))
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps + 1,
+            pct_start=min(0.9, max(cfg.warmup_pct, 2 / total_steps)),  # >= 2 warm-up steps
+            anneal_strategy="linear", cycle_momentum=False, div_factor=1 / cfg.lr_start,
+            final_div_factor=cfg.lr_start / cfg.lr_end)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
+            1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, total_steps - warmup))))))
+    elif cfg.schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine or constant")
+    return opt, sched
+
+
+def resume_schedule(sched, saved: dict, step: int, *, same_plan: bool) -> None:
+    """Put the schedule at ``step``: the saved one, or this new plan's (more epochs, or a
+    different number of steps per epoch after a change of process count)."""
+    if same_plan and saved["last_epoch"] == step:
+        sched.load_state_dict(saved)
+        return
+    sched.last_epoch = step - 1
+    with warnings.catch_warnings():  # moving to `step`, not training: no optimizer step due
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler"))
+        sched.step()

@@ -1,0 +1,123 @@
+"""The dataset folder -> the training and validation datasets of one run.
+
+Scan the folder (``train/`` + ``val/``, or a seeded split), check every file's header before
+training, refuse a dataset with too many unreadable files, and build both
+:class:`~pipetrace.data.ImageDataset` objects with the run's preprocessing contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .data import (
+    ImageDataset,
+    LoaderConfig,
+    check_files,
+    make_loader,
+    split_samples,
+    to_model_input,
+)
+from .images import LoadLimits
+from .scan import find_splits
+from .transforms import Preprocess, channel_stats, with_dataset_stats
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+class DatasetRefused(ValueError):
+    """Too many unreadable files to train on (``max_bad_fraction``)."""
+
+
+@dataclass
+class DataSetup:
+    classes: list[str]
+    preprocess: Preprocess
+    train_set: ImageDataset
+    val_set: ImageDataset | None
+    bad_files: list[tuple[str, str]]
+    info: dict
+
+
+def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
+    """Scan, split, pre-check the files' headers and build both datasets."""
+    splits = find_splits(cfg.data)
+    classes = splits.train.classes
+    train_samples = splits.train.samples
+    if splits.val is not None:
+        val_samples = splits.val.samples
+    elif cfg.val_fraction > 0:
+        train_samples, val_samples = split_samples(train_samples, cfg.val_fraction, cfg.seed)
+    else:
+        val_samples = []
+    limits = LoadLimits(max_pixels=cfg.max_image_pixels)
+    train_samples, bad_train = check_files(train_samples, limits)
+    val_samples, bad_val = check_files(val_samples, limits)
+    bad = bad_train + bad_val
+    total = len(train_samples) + len(val_samples) + len(bad)
+    if total == 0:
+        raise DatasetRefused(f"no image files found in {cfg.data!r}")
+    if len(bad) / total > cfg.max_bad_fraction:
+        shown = "; ".join(reason for _, reason in bad[:3])
+        raise DatasetRefused(
+            f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
+            f"max_bad_fraction={cfg.max_bad_fraction}: {shown}")
+    pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
+    make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
+    if preprocess is None and cfg.stats == "dataset":
+        pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))
+    train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment,
+                             crop_pad=cfg.crop_pad, **make)
+    val_set = ImageDataset(val_samples, pre, train=False, **make) if val_samples else None
+    info = {
+        "root": str(cfg.data), "layout": splits.layout, "classes": len(classes),
+        "train_images": len(train_samples), "val_images": len(val_samples),
+        "val_source": splits.layout if splits.val is not None else
+        (f"{cfg.val_fraction:.0%} of train (seed {cfg.seed})" if val_samples else "none"),
+        "ignored_files": len(splits.train.ignored) + (len(splits.val.ignored) if splits.val else 0),
+        "bad_files": len(bad),
+        "train_counts": _counts(train_samples, classes),
+    }
+    return DataSetup(classes, pre, train_set, val_set, bad, info)
+
+
+def _counts(samples, classes) -> dict[str, int]:
+    n = dict.fromkeys(classes, 0)
+    for _, label in samples:
+        n[classes[label]] += 1
+    return n
+
+
+def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int = 2000):
+    """Per-channel mean/std of (up to ``max_images``) training images at the model's size."""
+    ds = ImageDataset(samples[:: max(1, len(samples) // max_images)], pre, path="fast",
+                      limits=limits)
+    loader = make_loader(ds, LoaderConfig(batch_size=256), shuffle=False)
+    return channel_stats(b.images for b in loader if len(b))
+
+
+def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch.Tensor:
+    """Up to ``n`` training images, un-augmented and normalized: (n, 3, S, S) float32."""
+    ds = ImageDataset(dataset.samples[:n], pre, path="fast", limits=dataset.limits)
+    batches = [b.images for b in make_loader(ds, LoaderConfig(batch_size=500), shuffle=False)]
+    return to_model_input(torch.cat(batches), pre)
+
+
+def dataset_digest(setup: DataSetup, root: str) -> str:
+    """SHA-256 of the readable files (relative to ``root``) and their labels, both splits."""
+    h = hashlib.sha256()
+    for ds in (setup.train_set, setup.val_set):
+        for path, label in ds.samples if ds is not None else ():
+            h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode(errors="surrogateescape"))
+    return h.hexdigest()
+
+
+def name_bad(dataset: ImageDataset | None, bad: list[tuple[int, str]]) -> list[tuple[str, str]]:
+    if dataset is None:
+        return []
+    return [(dataset.samples[i][0], reason) for i, reason in bad]
