@@ -12,8 +12,8 @@ repeats), for batch 32 and 256, with 0 and 2 workers. Anchors, on the same files
   uint8 tensors;
 * the bare decode loop: read bytes + ``cv2.imdecode``, nothing else (the ceiling).
 
-The main process uses 1 torch thread when workers > 0 (the workers get one each), as the
-trainer would; all loaders are measured under the same settings.
+Every loader runs under the same settings: the main process uses 1 torch thread when
+workers > 0, each worker one thread (`pipetrace.data.worker_init`), prefetch factor 4.
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ from torchvision import transforms as v1
 from torchvision.transforms import v2
 
 from common import data_dir, fmt, repeat, save, timed_rate
-from pipetrace.data import ImageDataset, LoaderConfig, make_loader, to_model_input
+from pipetrace.data import (
+    ImageDataset,
+    LoaderConfig,
+    check_files,
+    make_loader,
+    to_model_input,
+    worker_init,
+)
 from pipetrace.scan import scan_image_folder
 from pipetrace.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -78,7 +85,9 @@ def consume(loader, pipetrace_batches: bool, pre: Preprocess) -> int:
     n = 0
     for batch in loader:
         if pipetrace_batches:
-            x = to_model_input(batch.images, pre)  # the model input, normalized float32
+            # the model's input as pipetrace's trainer makes it: normalized float32,
+            # channels_last (TrainConfig's default, the faster layout for convolutions)
+            x = to_model_input(batch.images, pre, channels_last=True)
             n += x.shape[0]
         else:
             n += len(batch[0]) if isinstance(batch, list | tuple) else len(batch)
@@ -90,13 +99,9 @@ def measure(name, ds, pre, batch, workers, pipetrace_batches):
         loader = make_loader(ds, LoaderConfig(batch_size=batch, workers=workers), shuffle=False)
     else:
         loader = DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False,
-                            worker_init_fn=_one_thread if workers else None)
+                            worker_init_fn=worker_init if workers else None,
+                            prefetch_factor=4 if workers else None)  # as make_loader
     return repeat(lambda: timed_rate(lambda: consume(loader, pipetrace_batches, pre)))
-
-
-def _one_thread(_):
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def run_dataset(label: str, root, pre: Preprocess, limit: int | None) -> list[dict]:
@@ -104,9 +109,10 @@ def run_dataset(label: str, root, pre: Preprocess, limit: int | None) -> list[di
     samples = scan.samples[:limit] if limit else scan.samples
     tv = image_folder(root, pre)
     tv.samples = tv.imgs = [s for s in tv.samples if s[0] in {p for p, _ in samples}]
+    good, _, checked = check_files(samples)  # as the trainer builds its datasets
     loaders = {
-        "pipetrace fast": (ImageDataset(samples, pre, path="fast"), True),
-        "pipetrace classic": (ImageDataset(samples, pre, path="classic"), True),
+        "pipetrace fast": (ImageDataset(good, pre, path="fast", checked=checked), True),
+        "pipetrace classic": (ImageDataset(good, pre, path="classic", checked=checked), True),
         "torchvision ImageFolder": (tv, False),
         "torchvision decode_image+v2": (DecodeImageDataset(samples, pre), False),
         "bare read+cv2.imdecode": (BareDecode(samples), False),

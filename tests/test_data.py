@@ -53,3 +53,32 @@ def test_split_is_stratified_and_seeded():
     assert sorted(label for _, label in va1) == [0, 0, 1, 1, 2, 2]
     assert not set(tr1) & set(va1) and len(tr1) + len(va1) == 30
     assert split_samples(samples, 0.2, seed=2)[1] != va1
+
+
+def test_fast_batches_equal_classic_batches(image_folder):
+    """The fast loader's batched path (one NHWC buffer, batch normalize) gives the classic
+    per-image chain's tensors: identical without resizing, within 2 grey levels with it."""
+    from pipetrace.data import check_files
+
+    samples, _, checked = check_files(find_splits(image_folder).train.samples)
+    for pre, tol in ((Preprocess(size=40, crop_pct=1.0), 1e-5), (Preprocess(size=24), 2 / 255 / 0.224)):
+        out = {}
+        for path in ("fast", "classic"):
+            ds = ImageDataset(samples, pre, path=path, checked=checked)
+            batch = next(iter(make_loader(ds, LoaderConfig(batch_size=12), shuffle=False)))
+            out[path] = to_model_input(batch.images, pre, channels_last=path == "fast")
+        assert out["fast"].is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out["fast"], out["classic"], atol=tol), pre
+
+
+def test_a_file_changed_after_the_header_check_is_skipped(image_folder):
+    from pipetrace.data import check_files
+
+    samples, _, checked = check_files(find_splits(image_folder).train.samples)
+    ds = ImageDataset(samples, Preprocess(size=16, crop_pct=1.0), checked=checked)
+    victim = samples[3][0]
+    with open(victim, "ab") as f:
+        f.write(b"\0" * 100)  # same header, different file
+    batch = ds.__getitems__(list(range(len(samples))))
+    assert len(batch) == len(samples) - 1
+    assert batch.bad[0][0] == 3 and "changed since the dataset was scanned" in batch.bad[0][1]

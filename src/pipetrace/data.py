@@ -14,10 +14,21 @@ import random
 from dataclasses import dataclass, field
 
 import cv2
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .images import ImageLoadError, LoadLimits, bgr_to_rgb, check_file, load_bgr, rgb_to_pil
+from .images import (
+    CheckedFile,
+    ImageLoadError,
+    LoadLimits,
+    bgr_to_rgb,
+    check_file,
+    decode_bgr,
+    read_bytes,
+    read_file,
+    rgb_to_pil,
+)
 from .transforms import (
     BatchAugment,
     Preprocess,
@@ -44,17 +55,27 @@ class LoaderConfig:
     limits: LoadLimits = field(default_factory=LoadLimits)  # pixel and aspect limits
 
 
+def decode_fast(data: bytes, path: str, pre: Preprocess, transform, limits: LoadLimits,
+                header: tuple[str, int, int] | None = None) -> torch.Tensor:
+    """Stages 1-3 of the fast path: file bytes -> (3, size, size) uint8 RGB tensor."""
+    bgr = decode_bgr(data, path, limits=limits, min_side=pre.resize_size, header=header)
+    return resize_uint8(hwc_to_chw(bgr_to_rgb(bgr)), pre, transform)  # (3, S, S) uint8 RGB
+
+
+def decode_classic(data: bytes, path: str, transform, limits: LoadLimits) -> torch.Tensor:
+    """Stages 1-3 as the seed draws them: OpenCV -> RGB -> PIL -> torchvision -> float32."""
+    pil = rgb_to_pil(bgr_to_rgb(decode_bgr(data, path, limits=limits)))
+    return transform(pil).as_subclass(torch.Tensor)  # (3, S, S) float32, normalized
+
+
 def load_fast(path: str, pre: Preprocess, transform, limits: LoadLimits) -> torch.Tensor:
-    """Stages 1-3 of the fast path: file -> (3, size, size) uint8 RGB tensor."""
-    bgr = load_bgr(path, limits=limits, min_side=pre.resize_size)  # (H, W, 3) uint8 BGR
-    rgb = bgr_to_rgb(bgr)  # (H, W, 3) uint8 RGB
-    return resize_uint8(hwc_to_chw(rgb), pre, transform)  # (3, S, S) uint8
+    """:func:`decode_fast` of a file."""
+    return decode_fast(read_bytes(path), path, pre, transform, limits)
 
 
 def load_classic(path: str, transform, limits: LoadLimits) -> torch.Tensor:
-    """Stages 1-3 as the seed draws them: OpenCV -> RGB -> PIL -> torchvision -> float32."""
-    pil = rgb_to_pil(bgr_to_rgb(load_bgr(path, limits=limits)))
-    return transform(pil).as_subclass(torch.Tensor)  # (3, S, S) float32, normalized
+    """:func:`decode_classic` of a file."""
+    return decode_classic(read_bytes(path), path, transform, limits)
 
 
 def file_stamp(path: str) -> tuple[int, int] | None:
@@ -72,7 +93,7 @@ class ImageDataset(Dataset):
     def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
                  augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
                  on_bad_image: str = "skip", track_changes: bool = True,
-                 crop_pad: int | None = None):
+                 crop_pad: int | None = None, checked: list[CheckedFile] | None = None):
         if path not in LOADER_PATHS:
             raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
         self.samples = samples
@@ -82,8 +103,13 @@ class ImageDataset(Dataset):
         self.on_bad_image = on_bad_image
         self.train = train
         self.augment = augment
-        # (size, mtime_ns) of each file now, compared again just before it is read
-        self.stamps = [file_stamp(p) for p, _ in samples] if track_changes else None
+        # (size, mtime_ns) of each file now, compared again when it is read; with `checked`
+        # (from check_files) the header is known for those very bytes and not parsed again
+        self.headers = [c[:3] for c in checked] if checked is not None else None
+        if checked is not None:
+            self.stamps = [c.stamp for c in checked]
+        else:
+            self.stamps = [file_stamp(p) for p, _ in samples] if track_changes else None
         if path == "fast":
             self.transform = fast_transform(pre, train=train, augment=augment)
         else:
@@ -93,24 +119,62 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, i: int) -> torch.Tensor:
-        file, _ = self.samples[i]
-        if self.stamps is not None and file_stamp(file) != self.stamps[i]:
-            gone = file_stamp(file) is None
-            raise ImageLoadError(file, "file disappeared since the dataset was scanned" if gone
-                                 else "file changed since the dataset was scanned (size or "
+    def _read(self, i: int) -> bytes:
+        file = self.samples[i][0]
+        data, stamp = read_file(file)
+        if self.stamps is not None and stamp != self.stamps[i]:
+            raise ImageLoadError(file, "file changed since the dataset was scanned (size or "
                                  "modification time differ)")
+        return data
+
+    def load(self, i: int) -> torch.Tensor:
+        """Image ``i`` through stages 1-3: (3, S, S) uint8 (fast) or float32 (classic)."""
+        file = self.samples[i][0]
         if self.path == "fast":
-            return load_fast(file, self.pre, self.transform, self.limits)
-        return load_classic(file, self.transform, self.limits)
+            return decode_fast(self._read(i), file, self.pre, self.transform, self.limits,
+                               self.headers[i] if self.headers else None)
+        return decode_classic(self._read(i), file, self.transform, self.limits)
 
     def __getitem__(self, i: int):
         try:
-            return self.load(i), self.samples[i][1], i, None
+            item = self.load(i)
+            if self.path == "fast":  # HWC: the fast collate stacks into NHWC memory
+                item = item.permute(1, 2, 0)
+            return item, self.samples[i][1], i, None
         except ImageLoadError as exc:
             if self.on_bad_image == "error":
                 raise
             return None, self.samples[i][1], i, str(exc)
+
+    def __getitems__(self, indices: list[int]):
+        """A whole batch at once (the DataLoader calls this when it exists): the fast path
+        writes each image straight into one (N, S, S, 3) buffer - OpenCV's BGR to RGB
+        conversion lands in its batch slot - instead of one tensor per image and a stack."""
+        if self.path != "fast":
+            return [self[i] for i in indices]
+        size = self.pre.size
+        buf = np.empty((len(indices), size, size, 3), np.uint8)
+        kept, bad = [], []
+        for i in indices:
+            file = self.samples[i][0]
+            try:
+                bgr = decode_bgr(self._read(i), file, limits=self.limits,  # stage 1
+                                 min_side=self.pre.resize_size,
+                                 header=self.headers[i] if self.headers else None)
+                slot = buf[len(kept)]
+                if bgr.shape[:2] == (size, size) and self.pre.crop_pct == 1.0:
+                    cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=slot)  # stage 2, in place
+                else:
+                    rgb = hwc_to_chw(bgr_to_rgb(bgr))  # stage 2
+                    torch.from_numpy(slot).copy_(self.transform(rgb).permute(1, 2, 0))  # 3
+                kept.append(i)
+            except ImageLoadError as exc:
+                if self.on_bad_image == "error":
+                    raise
+                bad.append((i, str(exc)))
+        images = torch.from_numpy(buf[: len(kept)]).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
+        labels = torch.tensor([self.samples[i][1] for i in kept], dtype=torch.int64)
+        return Batch(images, labels, torch.tensor(kept, dtype=torch.int64), bad)
 
 
 @dataclass
@@ -130,19 +194,29 @@ class Batch:
 
 
 def collate(items) -> Batch:
-    """Stack good items into one batch; list bad ones. An all-bad batch has N = 0."""
+    """Stack good items into one batch; list bad ones. An all-bad batch has N = 0.
+
+    Fast-path items are (S, S, 3) uint8 and stack into NHWC memory (an (N, 3, S, S) view
+    with channels_last strides); classic items are (3, S, S) float32. A :class:`Batch`
+    already built by ``ImageDataset.__getitems__`` passes through.
+    """
+    if isinstance(items, Batch):
+        return items
     good = [it for it in items if it[3] is None]
     bad = [(it[2], it[3]) for it in items if it[3] is not None]
-    if good:
-        images = torch.stack([it[0] for it in good])
-    else:
+    if not good:
         images = torch.empty((0, 3, 1, 1), dtype=torch.uint8)
+    elif good[0][0].dtype == torch.uint8:
+        images = torch.stack([it[0] for it in good]).permute(0, 3, 1, 2)
+    else:
+        images = torch.stack([it[0] for it in good])
     labels = torch.tensor([it[1] for it in good], dtype=torch.int64)
     indices = torch.tensor([it[2] for it in good], dtype=torch.int64)
     return Batch(images, labels, indices, bad)
 
 
-def _worker_init(_worker_id: int) -> None:
+def worker_init(_worker_id: int) -> None:
+    """Thread settings for a DataLoader worker (used for every loader in bench/ too)."""
     # Each worker gets one core's worth of threads; otherwise workers and the main process
     # fight over the same cores (measured: 286 vs 714 images/s on the photos, 2 cores).
     torch.set_num_threads(1)
@@ -166,7 +240,7 @@ def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed
         collate_fn=collate,
         pin_memory=pin,
         drop_last=drop_last,
-        worker_init_fn=_worker_init if cfg.workers > 0 else None,
+        worker_init_fn=worker_init if cfg.workers > 0 else None,
         # Fresh workers each epoch: their seeds then come from the generator we reseed per
         # epoch, so shuffling and per-image augmentation are the same with or without
         # workers and after a resume (persistent workers keep the first epoch's state).
@@ -215,13 +289,14 @@ def split_samples(samples: list[tuple[str, int]], fraction: float, seed: int
 
 
 def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits()
-                ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Split samples into (readable, [(path, reason)]) from headers alone, before training."""
-    good, bad = [], []
+                ) -> tuple[list[tuple[str, int]], list[tuple[str, str]], list[CheckedFile]]:
+    """Split samples into (readable, [(path, reason)]) from headers alone, before training;
+    also return what was found for each readable file (for ``ImageDataset(checked=...)``)."""
+    good, bad, checked = [], [], []
     for path, label in samples:
         try:
-            check_file(path, limits)
+            checked.append(check_file(path, limits))
             good.append((path, label))
         except ImageLoadError as exc:
             bad.append((path, str(exc)))
-    return good, bad
+    return good, bad, checked

@@ -24,9 +24,11 @@ Every failure raises :class:`ImageLoadError`, which names the file and the cause
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -100,6 +102,9 @@ def describe_non_image(data: bytes) -> str:
     return f"not an image (starts with {data[:8]!r})"
 
 
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame, any coding
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """Walk the JPEG markers to the first SOF segment; return (width, height)."""
     i, n = 2, len(data)
@@ -109,15 +114,12 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
             i += 2
-            continue
-        length = struct.unpack_from(">H", data, i + 2)[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            h, w = struct.unpack_from(">HH", data, i + 5)
-            return w, h
-        i += 2 + length
+        elif marker in _SOF_MARKERS:  # FF Cn, length, precision, height, width
+            return data[i + 7] << 8 | data[i + 8], data[i + 5] << 8 | data[i + 6]
+        else:
+            i += 2 + (data[i + 2] << 8 | data[i + 3])
     return None
 
 
@@ -195,37 +197,68 @@ def _jpeg_has_end(data: bytes) -> bool:
 
 # -- stage 1: load --------------------------------------------------------------------------------
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """Read a whole file; OSError becomes ImageLoadError naming the file."""
+def read_file(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
+    """Read a whole file; return its bytes and (size, modification time in ns) from the
+    open file itself. OSError becomes ImageLoadError naming the file."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
     except IsADirectoryError:
         raise ImageLoadError(path, "is a directory") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageLoadError(path, "is a directory" if stat.S_ISDIR(st.st_mode)
+                                 else "not a regular file")
+        data = os.read(fd, st.st_size + 1)  # one call, unless the file grows meanwhile
+        if len(data) > st.st_size:
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data, (st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """Read a whole file; OSError becomes ImageLoadError naming the file."""
+    return read_file(path)[0]
 
 
 HEAD_BYTES = 256 * 1024  # enough for the header of every format we read, EXIF included
 
 
-def check_file(path: str | os.PathLike, limits: LoadLimits = LoadLimits()) -> tuple[str, int, int]:
+class CheckedFile(NamedTuple):
+    """A file whose header passed :func:`check_header`, and its stamp at that moment."""
+
+    fmt: str
+    width: int
+    height: int
+    stamp: tuple[int, int]  # (size in bytes, modification time in ns)
+
+
+def check_file(path: str | os.PathLike, limits: LoadLimits = LoadLimits()) -> CheckedFile:
     """Check a file's header and end without reading or decoding all of it."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
             tail = None
-            if size > HEAD_BYTES:
-                f.seek(max(HEAD_BYTES, size - 4096))
+            if st.st_size > HEAD_BYTES:
+                f.seek(max(HEAD_BYTES, st.st_size - 4096))
                 tail = f.read()
     except FileNotFoundError:
         raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
-    return check_header(head, path, limits, tail=tail)
+    fmt, w, h = check_header(head, path, limits, tail=tail)
+    return CheckedFile(fmt, w, h, (st.st_size, st.st_mtime_ns))
 
 
 def reduction_for(width: int, height: int, target: int | None) -> int:
@@ -244,20 +277,27 @@ _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
 
 
 def decode_bgr(data: bytes, path="<bytes>", *, limits: LoadLimits = LoadLimits(),
-               min_side: int | None = None) -> np.ndarray:
+               min_side: int | None = None, header: tuple[str, int, int] | None = None
+               ) -> np.ndarray:
     """Decode image bytes to (H, W, 3) uint8 BGR; raise ImageLoadError with the cause.
 
     ``min_side`` lets a large JPEG decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while its
     short side stays at least twice ``min_side``, which is both faster and a good low-pass.
+    ``header`` is what :func:`check_file` found for these very bytes (same file stamp):
+    then the header is not parsed again.
     """
-    fmt, w, h = check_header(data, path, limits)
+    fmt, w, h = header or check_header(data, path, limits)  # checked once is enough
     flags = cv2.IMREAD_COLOR
     if fmt == "jpeg":
         flags = _REDUCED_FLAGS.get(reduction_for(w, h, min_side), flags)
-    seconds = limits.max_decode_seconds if w * h > WATCHDOG_PIXELS else None
+        if data.find(b"Exif\x00\x00", 0, 65536) < 0:  # no EXIF, no orientation: skip
+            flags |= cv2.IMREAD_IGNORE_ORIENTATION  # OpenCV's own search (10% of a small JPEG)
+    buf = np.frombuffer(data, np.uint8)
     try:
-        bgr = within_time(lambda: cv2.imdecode(np.frombuffer(data, np.uint8), flags),
-                          seconds, path)
+        if w * h > WATCHDOG_PIXELS:
+            bgr = within_time(lambda: cv2.imdecode(buf, flags), limits.max_decode_seconds, path)
+        else:  # small images: a watchdog thread would cost more than the decode
+            bgr = cv2.imdecode(buf, flags)
     except cv2.error as exc:
         raise ImageLoadError(path, f"OpenCV refused it: {str(exc).strip().splitlines()[-1]}") from None
     if bgr is None:

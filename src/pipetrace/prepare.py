@@ -56,8 +56,8 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
     else:
         val_samples = []
     limits = LoadLimits(max_pixels=cfg.max_image_pixels)
-    train_samples, bad_train = check_files(train_samples, limits)
-    val_samples, bad_val = check_files(val_samples, limits)
+    train_samples, bad_train, train_checked = check_files(train_samples, limits)
+    val_samples, bad_val, val_checked = check_files(val_samples, limits)
     bad = bad_train + bad_val
     total = len(train_samples) + len(val_samples) + len(bad)
     if total == 0:
@@ -72,8 +72,9 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
     if preprocess is None and cfg.stats == "dataset":
         pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))
     train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment,
-                             crop_pad=cfg.crop_pad, **make)
-    val_set = ImageDataset(val_samples, pre, train=False, **make) if val_samples else None
+                             crop_pad=cfg.crop_pad, checked=train_checked, **make)
+    val_set = (ImageDataset(val_samples, pre, train=False, checked=val_checked, **make)
+               if val_samples else None)
     info = {
         "root": str(cfg.data), "layout": splits.layout, "classes": len(classes),
         "train_images": len(train_samples), "val_images": len(val_samples),
