@@ -161,12 +161,11 @@ class ImageDataset(Dataset):
                 bgr = decode_bgr(self._read(i), file, limits=self.limits,  # stage 1
                                  min_side=self.pre.resize_size,
                                  header=self.headers[i] if self.headers else None)
-                slot = buf[len(kept)]
-                if bgr.shape[:2] == (size, size) and self.pre.crop_pct == 1.0:
-                    cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=slot)  # stage 2, in place
-                else:
-                    rgb = hwc_to_chw(bgr_to_rgb(bgr))  # stage 2
-                    torch.from_numpy(slot).copy_(self.transform(rgb).permute(1, 2, 0))  # 3
+                if bgr.shape[:2] != (size, size) or self.pre.crop_pct != 1.0:
+                    # stage 3 before 2: resizing works per channel, so resizing BGR and then
+                    # swapping channels gives the same bytes - on 224 x 224, not full size
+                    bgr = self.transform(hwc_to_chw(bgr)).permute(1, 2, 0).numpy()
+                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=buf[len(kept)])  # stage 2, in place
                 kept.append(i)
             except ImageLoadError as exc:
                 if self.on_bad_image == "error":
