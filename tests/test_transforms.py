@@ -41,6 +41,20 @@ def test_normalize_batch_equals_todtype_then_normalize():
     assert cl.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_normalize_batch_nhwc_rows_path_per_contract_and_width():
+    """The fast loader's NHWC batches take the row-tiled path; its factors are cached per
+    contract, width and device, so each call must still use its own mean/std and width."""
+    for mean, std, w in [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 7),
+                         ((0.1, 0.5, 0.9), (0.3, 0.2, 0.1), 7),
+                         ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 5),
+                         ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 7)]:
+        nhwc = torch.randint(0, 256, (3, 4, w, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        got = normalize_batch(nhwc, mean, std, channels_last=True)
+        ref = v1.Normalize(mean, std)(nhwc.contiguous().float() / 255)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(got, ref, atol=1e-5)
+
+
 def test_normalize_batch_refuses_float():
     with pytest.raises(TypeError, match="uint8"):
         normalize_batch(torch.zeros(1, 3, 2, 2), (0,) * 3, (1,) * 3)

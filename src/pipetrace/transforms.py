@@ -11,6 +11,8 @@ Two chains give the same tensors:
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -127,17 +129,29 @@ def normalize_batch(x: torch.Tensor, mean, std, *, channels_last: bool = False) 
     """
     if x.dtype != torch.uint8:
         raise TypeError(f"normalize_batch expects uint8 0-255, got {x.dtype}")
-    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))
-    shift = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
     n, c, h, w = x.shape
     if channels_last and c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        scale, shift = _normalize_factors(tuple(mean), tuple(std), w, x.device)
         rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)  # NHWC memory as (N*H, W*C) rows
-        out = rows.to(torch.float32).mul_(scale.repeat(w)).add_(shift.repeat(w))
+        out = rows.to(torch.float32).mul_(scale).add_(shift)
         return out.view(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W), channels_last
     # Otherwise reorder the uint8 bytes (4x cheaper than reordering floats) and go NCHW.
+    scale, shift = _normalize_factors(tuple(mean), tuple(std), 1, x.device)
     out = x.contiguous().to(torch.float32).mul_(scale.view(1, -1, 1, 1))
     out = out.add_(shift.view(1, -1, 1, 1))
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+@functools.lru_cache(maxsize=16)
+def _normalize_factors(mean: tuple, std: tuple, repeats: int, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (1 / (255 std), -mean / std), tiled ``repeats`` times, on the batch's
+    device; made once per contract, width and device (building these small tensors for
+    every batch cost ~50 us, 1.6 us an image at batch 32)."""
+    s = torch.tensor(std, dtype=torch.float32)
+    scale = 1.0 / (255.0 * s)
+    shift = -torch.tensor(mean, dtype=torch.float32) / s
+    return scale.repeat(repeats).to(device), shift.repeat(repeats).to(device)
 
 
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -151,7 +165,7 @@ def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 def batch_flip_lr(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip a random half of the images left-right: (N, C, H, W) -> new tensor."""
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)  # CPU generator
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
