@@ -12,7 +12,6 @@ Two chains give the same tensors:
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
