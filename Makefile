@@ -25,7 +25,6 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
-	$(BIN)/ruff format --check src tests bench
 
 bench: bench-loader bench-trace bench-step bench-memory bench-tta
 
