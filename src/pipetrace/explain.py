@@ -71,7 +71,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, class_index: int, layer: str | N
     cam = torch.relu((weights * act).sum(1, keepdim=True))  # (1, 1, h, w)
     cam = nnf.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     cam = cam - cam.min()
-    return (cam / cam.max().clamp_min(1e-12)).numpy().astype(np.float32)
+    return (cam / cam.max().clamp_min(1e-12)).cpu().numpy().astype(np.float32)
 
 
 def heat_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -111,7 +111,7 @@ def strongest_feature_maps(model: nn.Module, x: torch.Tensor, k: int = 8) -> lis
         maps = out[0, top]
         lo = maps.amin(dim=(1, 2), keepdim=True)
         hi = maps.amax(dim=(1, 2), keepdim=True)
-        stages.append(FeatureStage(name, ((maps - lo) / (hi - lo).clamp_min(1e-12)).numpy(), top))
+        stages.append(FeatureStage(name, ((maps - lo) / (hi - lo).clamp_min(1e-12)).cpu().numpy(), top))
     return stages
 
 

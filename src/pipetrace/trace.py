@@ -84,7 +84,7 @@ def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Su
         return Summary("numpy.ndarray", tuple(obj.shape), str(obj.dtype), lay, channel_order,
                        *s, obj.nbytes)
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().as_subclass(torch.Tensor).cpu()
+        t = obj.detach().as_subclass(torch.Tensor)  # statistics where it lives: no copy
         lay = layout or guess_layout(t)
         s = _tensor_stats(t, lay)
         return Summary("torch.Tensor", tuple(t.shape), str(t.dtype).removeprefix("torch."), lay,
@@ -158,9 +158,12 @@ def _timed(fn: Callable, *args, repeat: int = 1):
     (last result, mean microseconds per call)."""
     if repeat > 1:
         fn(*args)
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    sync()  # GPU work is asynchronous: time what ran, not what was queued
     t0 = time.perf_counter()
     for _ in range(repeat):
         out = fn(*args)
+    sync()
     return out, (time.perf_counter() - t0) / repeat * 1e6
 
 

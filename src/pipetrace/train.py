@@ -180,7 +180,9 @@ class TrainingDiverged(RuntimeError):
 def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist.enabled:
+    if name.startswith("cuda") and dist.enabled:
+        # under torchrun each process owns the GPU of its local rank (init_distributed has
+        # bound NCCL to it); "cuda:0" on every rank would put all ranks on one GPU
         name = f"cuda:{dist.local_rank}"
     return torch.device(name)
 
@@ -194,7 +196,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # native bf16 from Ampere (compute capability 8) on; is_bf16_supported() also says
+        # yes where bf16 is only emulated (V100, T4), which is slow: fp16 + GradScaler there
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     # CPUs with AVX512-BF16 / AMX run bf16 convolutions several times faster than fp32.
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
@@ -397,7 +402,8 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         model.load_state_dict(state["model_state"])
     model, net = _wrap_for_ddp(model, cfg, device, dist)  # `net` trains, `model` is saved
     lcfg = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, path=cfg.loader,
-                        channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image)
+                        channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image,
+                        pin_memory=device.type == "cuda")
     train_sampler = None
     if dist.enabled:  # each rank a disjoint, equal share; reshuffled by set_epoch
         train_sampler = torch.utils.data.DistributedSampler(
