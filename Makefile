@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test test-slow lint bench bench-loader bench-trace bench-step bench-tta bench-memory fuzz clean
+.PHONY: demo test test-slow lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -26,10 +26,13 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-trace bench-step bench-memory bench-tta
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
+
+bench-profile: $(STAMP)
+	$(BIN)/python bench/profile_loader.py $(DATA)
 
 bench-trace: $(STAMP)
 	$(BIN)/python bench/trace_overhead.py $(DATA)

@@ -3,6 +3,7 @@
 import torch
 
 from pipetrace.data import (
+    Batch,
     ImageDataset,
     LoaderConfig,
     collate,
@@ -82,3 +83,17 @@ def test_a_file_changed_after_the_header_check_is_skipped(image_folder):
     batch = ds.__getitems__(list(range(len(samples))))
     assert len(batch) == len(samples) - 1
     assert batch.bad[0][0] == 3 and "changed since the dataset was scanned" in batch.bad[0][1]
+
+
+def test_batch_crosses_processes_whole():
+    """A worker's batch is pickled (labels and indices by value, images through shared
+    memory) and arrives equal, with the images' channels_last strides kept."""
+    from multiprocessing.reduction import ForkingPickler
+
+    images = torch.randint(0, 256, (3, 5, 5, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    batch = Batch(images, torch.tensor([2, 0, 1]), torch.tensor([7, 8, 9]), [(4, "bad.jpg: why")])
+    got = ForkingPickler.loads(bytes(ForkingPickler.dumps(batch)))
+    assert torch.equal(got.images, images) and got.images.stride() == images.stride()
+    assert got.labels.tolist() == [2, 0, 1] and got.labels.dtype == torch.int64
+    assert got.indices.tolist() == [7, 8, 9] and got.bad == [(4, "bad.jpg: why")]
+    assert len(got) == 3

