@@ -59,6 +59,17 @@ def main() -> None:
     if d:
         print("## loader (python bench/loader.py)\n")
         loader_tables(d)
+    d = load("profile_loader")
+    if d:
+        print("\n## where the time goes (python bench/profile_loader.py)\n")
+        sets = list(d["us_per_image"])
+        steps = list(dict.fromkeys(k for v in d["us_per_image"].values() for k in v))
+        print("| step (us per image, one thread) | " + " | ".join(sets) + " |")
+        print("|---|" + "---|" * len(sets))
+        for step in steps:
+            cells = [f"{d['us_per_image'][s][step]:,.1f}" if step in d["us_per_image"][s] else "-"
+                     for s in sets]
+            print(f"| {step} | " + " | ".join(cells) + " |")
     d = load("trace_overhead")
     if d:
         print("\n## trace overhead (python bench/trace_overhead.py)\n")
