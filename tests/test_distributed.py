@@ -125,6 +125,10 @@ def test_two_processes_train_and_rank_0_alone_writes(ddp_run):
     assert [r["rank"] for r in layout["ranks"]] == [0, 1]
     assert [r["images"] for r in layout["ranks"]] == [TRAIN_IMAGES // 2] * 2  # disjoint halves
     assert all(r["images_per_s"] > 0 and r["loader_images_per_s"] > 0 for r in layout["ranks"])
+    page = (run / "report.html").read_text()  # the page shows the same layout, per process
+    ranks_table = page.split('<table id="ranks">', 1)[1].split("</table>", 1)[0]
+    assert "2 processes (gloo), batch 16 per process x 2 = 32 global" in ranks_table
+    assert ranks_table.count("<tr><td") == 2
 
 
 def test_validation_counts_every_image_exactly_once(ddp_run):
