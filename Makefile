@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test test-slow lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -18,10 +18,7 @@ demo: $(STAMP)
 	$(BIN)/pipetrace demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
