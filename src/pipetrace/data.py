@@ -35,8 +35,8 @@ from .transforms import (
     classic_transform,
     fast_transform,
     hwc_to_chw,
+    is_final_size,
     normalize_batch,
-    resize_uint8,
 )
 
 LOADER_PATHS = ("fast", "classic")
@@ -55,11 +55,23 @@ class LoaderConfig:
     limits: LoadLimits = field(default_factory=LoadLimits)  # pixel and aspect limits
 
 
+def decode_fast_bgr(data: bytes, path: str, pre: Preprocess, transform, limits: LoadLimits,
+                    header: tuple[str, int, int] | None = None) -> np.ndarray:
+    """Stages 1 and 3 of the fast path: file bytes -> (size, size, 3) uint8 BGR array.
+
+    Stage 3 runs before stage 2: resizing works per channel, so resizing BGR and then
+    swapping the channels gives the same bytes, on size x size pixels, not the full image.
+    """
+    bgr = decode_bgr(data, path, limits=limits, min_side=pre.resize_size, header=header)
+    if is_final_size(bgr.shape[0], bgr.shape[1], pre):  # no tensor round trip (CIFAR)
+        return bgr
+    return transform(hwc_to_chw(bgr)).permute(1, 2, 0).numpy()
+
+
 def decode_fast(data: bytes, path: str, pre: Preprocess, transform, limits: LoadLimits,
                 header: tuple[str, int, int] | None = None) -> torch.Tensor:
     """Stages 1-3 of the fast path: file bytes -> (3, size, size) uint8 RGB tensor."""
-    bgr = decode_bgr(data, path, limits=limits, min_side=pre.resize_size, header=header)
-    return resize_uint8(hwc_to_chw(bgr_to_rgb(bgr)), pre, transform)  # (3, S, S) uint8 RGB
+    return hwc_to_chw(bgr_to_rgb(decode_fast_bgr(data, path, pre, transform, limits, header)))
 
 
 def decode_classic(data: bytes, path: str, transform, limits: LoadLimits) -> torch.Tensor:
@@ -92,8 +104,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
                  augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
-                 on_bad_image: str = "skip", track_changes: bool = True,
-                 crop_pad: int | None = None, checked: list[CheckedFile] | None = None):
+                 on_bad_image: str = "skip", crop_pad: int | None = None,
+                 checked: list[CheckedFile] | None = None):
         if path not in LOADER_PATHS:
             raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
         self.samples = samples
@@ -109,7 +121,7 @@ class ImageDataset(Dataset):
         if checked is not None:
             self.stamps = [c.stamp for c in checked]
         else:
-            self.stamps = [file_stamp(p) for p, _ in samples] if track_changes else None
+            self.stamps = [file_stamp(p) for p, _ in samples]
         if path == "fast":
             self.transform = fast_transform(pre, train=train, augment=augment)
         else:
@@ -127,12 +139,15 @@ class ImageDataset(Dataset):
                                  "modification time differ)")
         return data
 
+    def _header(self, i: int) -> tuple[str, int, int] | None:
+        return self.headers[i] if self.headers else None
+
     def load(self, i: int) -> torch.Tensor:
         """Image ``i`` through stages 1-3: (3, S, S) uint8 (fast) or float32 (classic)."""
         file = self.samples[i][0]
         if self.path == "fast":
             return decode_fast(self._read(i), file, self.pre, self.transform, self.limits,
-                               self.headers[i] if self.headers else None)
+                               self._header(i))
         return decode_classic(self._read(i), file, self.transform, self.limits)
 
     def __getitem__(self, i: int):
@@ -156,15 +171,9 @@ class ImageDataset(Dataset):
         buf = np.empty((len(indices), size, size, 3), np.uint8)
         kept, bad = [], []
         for i in indices:
-            file = self.samples[i][0]
             try:
-                bgr = decode_bgr(self._read(i), file, limits=self.limits,  # stage 1
-                                 min_side=self.pre.resize_size,
-                                 header=self.headers[i] if self.headers else None)
-                if bgr.shape[:2] != (size, size) or self.pre.crop_pct != 1.0:
-                    # stage 3 before 2: resizing works per channel, so resizing BGR and then
-                    # swapping channels gives the same bytes - on 224 x 224, not full size
-                    bgr = self.transform(hwc_to_chw(bgr)).permute(1, 2, 0).numpy()
+                bgr = decode_fast_bgr(self._read(i), self.samples[i][0], self.pre,
+                                      self.transform, self.limits, self._header(i))
                 cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=buf[len(kept)])  # stage 2, in place
                 kept.append(i)
             except ImageLoadError as exc:

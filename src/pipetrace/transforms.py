@@ -111,11 +111,14 @@ def hwc_to_chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
+def is_final_size(height: int, width: int, pre: Preprocess) -> bool:
+    """True when an image needs no per-image resize or crop: already size x size, no crop."""
+    return (height, width) == (pre.size, pre.size) and pre.crop_pct == 1.0
+
+
 def resize_uint8(img: torch.Tensor, pre: Preprocess, transform: v2.Compose) -> torch.Tensor:
     """Apply the per-image fast transform, skipping it when the image is already final size."""
-    if img.shape[-2:] == (pre.size, pre.size) and pre.crop_pct == 1.0:
-        return img
-    return transform(img)
+    return img if is_final_size(*img.shape[-2:], pre) else transform(img)
 
 
 def normalize_batch(x: torch.Tensor, mean, std, *, channels_last: bool = False) -> torch.Tensor:
