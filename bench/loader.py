@@ -112,7 +112,8 @@ def run_dataset(label: str, root, pre: Preprocess, limit: int | None, passes: in
     scan = scan_image_folder(root)
     samples = scan.samples[:limit] if limit else scan.samples
     tv = image_folder(root, pre)
-    tv.samples = tv.imgs = [s for s in tv.samples if s[0] in {p for p, _ in samples}] * passes
+    keep = {p for p, _ in samples}
+    tv.samples = tv.imgs = [s for s in tv.samples if s[0] in keep] * passes
     samples = samples * passes
     good, _, checked = check_files(samples)  # as the trainer builds its datasets
     loaders = {

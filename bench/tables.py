@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from common import RESULTS
+from common import RESULTS, fmt
 
 TARGETS = {  # (anchor, minimum ratio) per (dataset prefix, batch, workers) of the loader table
     ("CIFAR", 256): [("torchvision ImageFolder", 4.0), ("bare read+cv2.imdecode", 0.8)],
@@ -39,7 +39,7 @@ def loader_tables(d: dict) -> None:
         for n in names:
             r = next(x["images_per_s"] for x in rows
                      if (x["dataset"], x["workers"], x["batch"], x["loader"]) == (ds, w, b, n))
-            cells.append(f"{r['median']:,.0f} ({r['min']:,.0f}-{r['max']:,.0f})")
+            cells.append(fmt(r))
         print(f"| {ds} | {w} | {b} | " + " | ".join(cells) + " |")
     print("\nRatio of pipetrace fast to each anchor (medians), against the target:\n")
     print("| data | workers | batch | anchor | ratio | target |")

@@ -12,6 +12,7 @@ the device, sampled input statistics, progress events). Target: <= 5% slower.
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
 import time
 
@@ -92,7 +93,7 @@ def main(argv):
             t = fn(copy.deepcopy(base), data, cfg, pre)
             if i:
                 times[name].append(t)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["pipetrace"] / med["bare"]
     n = BATCHES * BATCH
     for k, v in times.items():

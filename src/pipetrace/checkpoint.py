@@ -12,6 +12,7 @@ mismatched and NaN-weight files each give one :class:`CheckpointError` line.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -65,7 +66,7 @@ def _read_sidecar(path: Path) -> set[str] | None:
     side = path.with_name(path.name + ".sha256")
     try:
         digests = {line.split()[0] for line in side.read_text().splitlines() if line.strip()}
-    except (OSError, IndexError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):
         return None
     return digests or None
 
@@ -101,11 +102,11 @@ def read_checkpoint_file(path: str | os.PathLike) -> object:
         raise CheckpointError(path, "no such file")
     if path.stat().st_size == 0:
         raise CheckpointError(path, "empty file (0 bytes)")
+    data = path.read_bytes()  # never mmap: a file we did not write may be truncated
     expected = _read_sidecar(path)
-    if expected is not None and sha256_file(path) not in expected:
+    if expected is not None and hashlib.sha256(data).hexdigest() not in expected:
         raise CheckpointError(path, "SHA-256 does not match its .sha256 file (changed or "
                               "partly written)")
-    data = path.read_bytes()  # never mmap: a file we did not write may be truncated
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types; all mean "not usable"

@@ -131,16 +131,16 @@ def run_on_main(fn: Callable[[], object], info: DistInfo):
     """
     if not info.enabled:
         return fn()
-    box: list = [None, None]
+    value = exc = None
     if info.is_main:
         try:
-            box[0] = fn()
-        except Exception as exc:  # handed to the other ranks, then raised here too
-            box[1] = exc
-    tdist.broadcast_object_list(box, src=0)
-    if box[1] is not None:
-        raise box[1]
-    return box[0]
+            value = fn()
+        except Exception as err:  # handed to the other ranks, then raised here too
+            exc = err
+    value, exc = broadcast_object((value, exc), info)
+    if exc is not None:
+        raise exc
+    return value
 
 
 def is_collective_failure(exc: BaseException) -> bool:

@@ -45,7 +45,16 @@ from PIL import Image
 from .files import safe_text
 from .images import ImageLoadError, LoadLimits, check_header, decode_bgr, read_bytes, within_time
 from .likeness import HASH_BITS, colour_count, difference_hash, near_pairs
-from .scan import SPLIT_NAMES, FolderScan, is_hidden_or_junk, scan_image_folder
+from .scan import (
+    ALIASED_FILE,
+    BROKEN_SYMLINK,
+    NOT_A_TRAINING_CLASS,
+    OUTSIDE_ROOT,
+    SPLIT_NAMES,
+    FolderScan,
+    is_hidden_or_junk,
+    scan_image_folder,
+)
 
 FORMAT = "pipetrace-check"
 VERSION = 1  # 1: first format (meta, summary, splits, findings, files)
@@ -302,17 +311,12 @@ def inspect_file(path: str, *, split: str = "", label: str | None = None,
         rec = replace(rec, sha256=hashlib.sha256(data).hexdigest())
         fmt, w, h = check_header(data, path, cfg.limits)  # refuses bombs before decoding
         rec = replace(rec, format=fmt, width=w, height=h)
-        if cfg.strict:
-            with stderr.collect():
-                bgr = decode_bgr(data, path, limits=cfg.limits)
-            decoded = True
-            complaint = libjpeg_complaint(stderr.text)
-            if complaint:
-                raise ImageLoadError(path, f"corrupt JPEG data (libjpeg: {complaint!r}); "
-                                     "OpenCV would return a partly grey picture")
-        else:
-            bgr = decode_bgr(data, path, limits=cfg.limits)
+        with stderr.collect() if cfg.strict else contextlib.nullcontext():
+            bgr = decode_bgr(data, path, limits=cfg.limits, header=(fmt, w, h))
         decoded = True
+        if cfg.strict and (complaint := libjpeg_complaint(stderr.text)):
+            raise ImageLoadError(path, f"corrupt JPEG data (libjpeg: {complaint!r}); "
+                                 "OpenCV would return a partly grey picture")
         facts = pil_facts(data, path, full=cfg.strict, seconds=cfg.limits.max_decode_seconds)
     except ImageLoadError as exc:
         return replace(rec, status="skipped", reason=exc.reason, strict=decoded)
@@ -417,7 +421,7 @@ def _class_collisions(scans) -> list[DataFinding]:
         for c in scan.classes:
             folders.setdefault(c, os.path.join(scan.root, c))
         for p, r in scan.ignored:
-            if r == "class not in the training classes":
+            if r == NOT_A_TRAINING_CLASS:
                 folders.setdefault(os.path.basename(p), p)
     groups = defaultdict(list)
     for n in sorted(folders):
@@ -587,12 +591,8 @@ def _name_collisions(files) -> list[DataFinding]:
             for g in _groups(seen, key)]
 
 
-_IGNORED_SEVERITY = {
-    "symlink points outside the dataset root": "warning",
-    "broken symlink": "warning",
-    "class not in the training classes": "warning",
-    "file already listed through another path (symlink alias)": "warning",
-}
+_IGNORED_SEVERITY = {OUTSIDE_ROOT: "warning", BROKEN_SYMLINK: "warning",
+                     NOT_A_TRAINING_CLASS: "warning", ALIASED_FILE: "warning"}
 
 
 def _ignored(files) -> list[DataFinding]:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -21,12 +20,11 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     A model may define its own groups (``param_groups(lr, weight_decay)``, as timm models
     define ``no_weight_decay()``); otherwise norms and biases get no weight decay.
     """
-    net = model.module if isinstance(model, DistributedDataParallel) else model
-    if hasattr(net, "param_groups"):
-        groups = net.param_groups(cfg.lr, cfg.weight_decay)
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(cfg.lr, cfg.weight_decay)
     else:
         decay, no_decay = [], []
-        for p in net.parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 (decay if p.ndim > 1 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay},

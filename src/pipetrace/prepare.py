@@ -94,18 +94,21 @@ def _counts(samples, classes) -> dict[str, int]:
     return n
 
 
+def _plain_batches(samples, pre: Preprocess, limits: LoadLimits, batch_size: int):
+    """(N, 3, S, S) uint8 batches of ``samples`` as evaluation sees them: no augmentation."""
+    ds = ImageDataset(samples, pre, path="fast", limits=limits)
+    return (b.images for b in make_loader(ds, LoaderConfig(batch_size=batch_size), shuffle=False))
+
+
 def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int = 2000):
     """Per-channel mean/std of (up to ``max_images``) training images at the model's size."""
-    ds = ImageDataset(samples[:: max(1, len(samples) // max_images)], pre, path="fast",
-                      limits=limits)
-    loader = make_loader(ds, LoaderConfig(batch_size=256), shuffle=False)
-    return channel_stats(b.images for b in loader if len(b))
+    every = samples[:: max(1, len(samples) // max_images)]
+    return channel_stats(x for x in _plain_batches(every, pre, limits, 256) if len(x))
 
 
 def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch.Tensor:
     """Up to ``n`` training images, un-augmented and normalized: (n, 3, S, S) float32."""
-    ds = ImageDataset(dataset.samples[:n], pre, path="fast", limits=dataset.limits)
-    batches = [b.images for b in make_loader(ds, LoaderConfig(batch_size=500), shuffle=False)]
+    batches = list(_plain_batches(dataset.samples[:n], pre, dataset.limits, 500))
     return to_model_input(torch.cat(batches), pre)
 
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
 from .files import write_text_atomic
@@ -57,10 +56,9 @@ def set_rng_state(state: dict) -> None:
 def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, classes, pre,
                     model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
     """Everything needed to resume or to serve, as plain tensors and data."""
-    net = model.module if isinstance(model, DistributedDataParallel) else model
     return {
         "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
-        "model_state": net.state_dict(), "optimizer_state": opt.state_dict(),
+        "model_state": model.state_dict(), "optimizer_state": opt.state_dict(),
         "scheduler_state": sched.state_dict(),
         "scaler_state": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(), "epoch": epoch, "best_acc": best_acc,

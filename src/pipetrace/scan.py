@@ -18,6 +18,13 @@ JUNK_FOLDERS = ("__MACOSX", ".ipynb_checkpoints", "__pycache__")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation", "test")}
 
 
+# Reasons for leaving an entry out that `pipetrace check` grades as warnings (doctor.py)
+OUTSIDE_ROOT = "symlink points outside the dataset root"
+BROKEN_SYMLINK = "broken symlink"
+ALIASED_FILE = "file already listed through another path (symlink alias)"
+NOT_A_TRAINING_CLASS = "class not in the training classes"
+
+
 @dataclass
 class FolderScan:
     """The result of scanning one split: what will be loaded and what was left out, and why."""
@@ -58,7 +65,7 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list
         ignored.append((top, "folder already scanned through another path (symlink alias or loop)"))
         return []
     if not _inside(real, root_real):
-        ignored.append((top, "symlink points outside the dataset root"))
+        ignored.append((top, OUTSIDE_ROOT))
         return []
     seen.add(real)
     files: list[str] = []
@@ -80,16 +87,16 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list
         if is_dir:
             files.extend(_walk_files(path, root_real, seen, ignored))
         elif entry.is_symlink() and not os.path.exists(path):
-            ignored.append((path, "broken symlink"))
+            ignored.append((path, BROKEN_SYMLINK))
         elif entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
-            ignored.append((path, "symlink points outside the dataset root"))
+            ignored.append((path, OUTSIDE_ROOT))
         elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append((path, "not an image file extension"))
         else:
             # A plain file's real path is its folder's (already unique) plus its name.
             target = os.path.realpath(path) if entry.is_symlink() else os.path.join(real, entry.name)
             if target in seen:
-                ignored.append((path, "file already listed through another path (symlink alias)"))
+                ignored.append((path, ALIASED_FILE))
                 continue
             seen.add(target)
             files.append(path)
@@ -126,7 +133,7 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     for name in found:
         folder = os.path.join(root, name)
         if name not in known:
-            scan.ignored.append((folder, "class not in the training classes"))
+            scan.ignored.append((folder, NOT_A_TRAINING_CLASS))
             continue
         label = scan.class_to_idx[name]
         for path in _walk_files(folder, root_real, seen, scan.ignored):

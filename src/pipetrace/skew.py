@@ -27,7 +27,7 @@ import torch
 from torchvision.transforms import v2
 
 from .checks import exif_orientation
-from .images import decode_bgr, read_bytes
+from .images import bgr_to_rgb, decode_bgr, read_bytes
 from .predict import LoadedModel
 from .transforms import Preprocess, fast_transform, hwc_to_chw, interpolation_mode
 
@@ -150,8 +150,9 @@ def _other_interpolation(pre: Preprocess) -> str:
     return "bicubic" if pre.interpolation == "bilinear" else "bilinear"
 
 
-def _other_crop_pct(pre: Preprocess) -> float:
-    return 0.875 if pre.crop_pct != 0.875 else 1.0
+def _other_resize(pre: Preprocess) -> int:
+    """The resize an app with the other common crop (0.875 vs none) would use."""
+    return round(pre.size / (0.875 if pre.crop_pct != 0.875 else 1.0))
 
 
 def resize_kernels(pre: Preprocess) -> dict[tuple[str, ...], Callable]:
@@ -172,7 +173,7 @@ def resize_kernels(pre: Preprocess) -> dict[tuple[str, ...], Callable]:
 
 def framings(pre: Preprocess, h: int, w: int) -> dict[tuple[str, ...], tuple[tuple, int | None]]:
     """bugs -> ((h, w) to resize an H x W picture to, centre crop side or None)."""
-    other_resize = round(pre.size / _other_crop_pct(pre))
+    other_resize = _other_resize(pre)
     return {
         (): (tv_resize_size(h, w, pre.resize_size), pre.size),
         ("squash",): ((pre.size, pre.size), None),
@@ -193,7 +194,7 @@ def geometries(rgb: np.ndarray, data: bytes, pre: Preprocess
         raw = cv2.imdecode(np.frombuffer(data, np.uint8),
                            cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if raw is not None:
-            yield ("exif",), fast_transform(pre)(hwc_to_chw(cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)))
+            yield ("exif",), fast_transform(pre)(hwc_to_chw(bgr_to_rgb(raw)))
 
 
 # (bugs, bgr, scale 255, how many times normalized), simplest first
@@ -357,7 +358,7 @@ def bug_text(key: str, pre: Preprocess) -> tuple[str, str]:
     """(title, fix) of one bug, with the contract's numbers filled in."""
     title, fix = BUGS[key]
     other = {"interpolation": _other_interpolation(pre),
-             "crop": str(round(pre.size / _other_crop_pct(pre)))}.get(key, "")
+             "crop": str(_other_resize(pre))}.get(key, "")
     values = dict(size=pre.size, resize=pre.resize_size, interp=pre.interpolation, other=other,
                   mean=tuple(round(m, 4) for m in pre.mean),
                   std=tuple(round(s, 4) for s in pre.std), contract=pre.to_dict())
@@ -388,7 +389,7 @@ def check_image(lm: LoadedModel, fn: Callable[[str], object], path: str, name: s
     mean = torch.tensor(pre.mean).view(3, 1, 1)
     std = torch.tensor(pre.std).view(3, 1, 1)
     data = read_bytes(path)
-    rgb = cv2.cvtColor(decode_bgr(data, path), cv2.COLOR_BGR2RGB)  # full-size decode, as apps do
+    rgb = bgr_to_rgb(decode_bgr(data, path))  # full-size decode, as apps do
     sources = [((), ref * std + mean)]  # the pipeline's own output, back to 0-1 RGB
     sources += [(bugs, g.float() / 255) for bugs, g in geometries(rgb, data, pre)]
     fits = fit_hypotheses(user, sources, pre)

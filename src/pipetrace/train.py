@@ -418,7 +418,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                                  shuffle=False, sampler=ShardSampler(len(setup.val_set), dist)
                                  if dist.enabled else None)
     steps_per_epoch = len(train_loader)
-    opt, sched = build_optimizer(cfg, net, steps_per_epoch * cfg.epochs)
+    opt, sched = build_optimizer(cfg, model, steps_per_epoch * cfg.epochs)  # DDP shares them
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     loop = _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                  device, amp, scaler, pre, cfg.channels_last,

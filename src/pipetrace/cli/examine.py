@@ -100,6 +100,3 @@ def cmd_check(args) -> int:
     except BrokenPipeError:  # `check --json | head`: keep the verdict as the exit code
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return report.exit_code
-
-
-# -- parser: one add_<command>(sub) per command ----------------------------------------------------

@@ -28,7 +28,7 @@ from ..layers import LayerTrace
 from ..predict import LoadedModel, load_model, trace_prediction
 from ..trace import chw_picture
 from ..train import TrainResult
-from .document import VERSION, data_uri, load_document, meta_block, save_document
+from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
 from .plots import confusion_png, curves_png
@@ -107,7 +107,7 @@ def distributed_block(result: TrainResult) -> dict:
 def build_document(result: TrainResult, *, command: str, prediction: dict | None,
                    findings: list[Finding], device: str = "cpu") -> dict:
     doc = {
-        "format": "pipetrace-trace", "version": VERSION,
+        "format": FORMAT, "version": VERSION,
         "meta": meta_block(command, device),
         "run": run_block(result),
         "stages": [s.to_dict() for s in result.stages],
@@ -138,14 +138,18 @@ def write_run_report(result: TrainResult, *, image: str | None, command: str,
     save_document(build_document(result, command=command, prediction=prediction,
                                  findings=findings), run / "trace.json")
     # The page is rendered from the file, as `pipetrace report` does: the two are identical.
-    report = rerender(run / "trace.json")
-    return RunArtifacts(str(run / "trace.json"), report, load_document(run / "trace.json"), lt,
-                        findings)
+    doc = load_document(run / "trace.json")
+    report = _write_html(doc, run / "report.html")
+    return RunArtifacts(str(run / "trace.json"), report, doc, lt, findings)
 
 
 def rerender(trace_path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
     """Render ``report.html`` from a ``trace.json`` alone; return the page's path."""
     target = Path(out) if out else Path(trace_path).with_name("report.html")
-    write_text_atomic(target, render_html(load_document(trace_path)))
+    return _write_html(load_document(trace_path), target)
+
+
+def _write_html(doc: dict, target: Path) -> str:
+    write_text_atomic(target, render_html(doc))
     return str(target)
 
