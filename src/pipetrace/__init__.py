@@ -26,7 +26,8 @@ _EXPORTS = {
     "StageRecord": "trace", "inspect_batch": "checks", "check_train_eval_skew": "checks",
     "Finding": "checks",
     # stage 5 and the training trace
-    "TrainConfig": "train", "fit": "train", "EpochRecord": "train", "Observer": "train",
+    "TrainConfig": "config", "fit": "train", "EpochRecord": "records", "Observer": "records",
+    "TrainResult": "records",
     "ModelConfig": "model", "build_model": "model",
     # the prediction trace
     "load_model": "predict", "trace_prediction": "predict", "predict_files": "predict",

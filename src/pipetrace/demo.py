@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import PRESETS, TrainConfig
+from .records import Observer, TrainResult
 from .report.build import RunArtifacts, write_run_report
 from .shapes import ShapesConfig, ensure_shapes
-from .train import PRESETS, Observer, TrainConfig, TrainResult, fit
+from .train import fit
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):

@@ -27,7 +27,7 @@ from .scan import find_splits
 from .transforms import Preprocess, channel_stats, with_dataset_stats
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 class DatasetRefused(ValueError):

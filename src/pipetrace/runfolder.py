@@ -23,7 +23,8 @@ from .files import write_text_atomic
 from .model import ModelConfig
 
 if TYPE_CHECKING:
-    from .train import EpochRecord, TrainConfig
+    from .config import TrainConfig
+    from .records import EpochRecord
 
 
 def write_metrics(run: Path, records: list[EpochRecord]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .train import EpochRecord, Observer
+from .records import EpochRecord, Observer
 
 
 class TensorBoardObserver(Observer):

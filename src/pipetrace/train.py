@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
+from .config import PRESETS, TrainConfig
 from .data import Batch, LoaderConfig, make_loader, to_model_input
 from .distributed import (
     DistInfo,
@@ -34,11 +35,11 @@ from .distributed import (
     gather_objects,
     run_on_main,
 )
-from .images import LoadLimits
 from .model import ModelConfig, build_model, count_parameters
-from .observations import Point, observe
+from .observations import observe
 from .optim import build_optimizer, resume_schedule
 from .prepare import DatasetRefused, dataset_digest, first_images, name_bad, prepare_data
+from .records import EpochRecord, Observer, TrainResult
 from .runfolder import (
     load_initial_weights,
     make_checkpoint,
@@ -51,125 +52,6 @@ from .transforms import AUGMENTS, BatchAugment, Preprocess
 
 __all__ = ["PRESETS", "DatasetRefused", "EpochRecord", "Observer", "TrainConfig", "TrainResult",
            "TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
-
-PRESETS: dict[str, dict] = {
-    # The built-in shapes at the seed's 224 x 224 (see `pipetrace demo`).
-    "demo": dict(model="pipenet-s", epochs=5, batch_size=32, image_size=224, crop_pct=1.0,
-                 optimizer="adamw", lr=2e-3, schedule="onecycle", augment="flip"),
-    # CIFAR-10 from JPEG files on a CPU: an airbench-style recipe (see docs/performance.md).
-    # lr x weight_decay = 0.002 per step, as airbench94 (whose loss is summed, not averaged).
-    "cifar": dict(model="cifarnet", epochs=12, batch_size=1024, image_size=32, crop_pct=1.0,
-                  optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
-                  schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
-                  label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True),
-    # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
-    "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
-                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything one training run depends on; saved as ``config.json`` in the run folder."""
-
-    data: str = ""  # ImageFolder root: train/ + val/ (or test/), or class folders directly
-    out: str = "runs/train"  # run folder for checkpoints, metrics, plots and the report
-    model: str = "pipenet-s"  # built-in CNN or torchvision architecture name
-    weights: str | None = None  # initial weights (state dict or pipetrace checkpoint)
-    epochs: int = 5  # passes over the training set
-    batch_size: int = 32  # images per step and process (global batch = this x world size)
-    image_size: int = 224  # side of the square model input, pixels
-    crop_pct: float = 0.875  # eval: resize short side to image_size / crop_pct, centre-crop
-    optimizer: str = "adamw"  # "sgd" (Nesterov momentum) or "adamw"
-    lr: float = 2e-3  # peak learning rate
-    schedule: str = "onecycle"  # "onecycle", "cosine" (after linear warm-up) or "constant"
-    warmup_pct: float = 0.25  # share of steps spent warming up to the peak learning rate
-    lr_start: float = 0.04  # onecycle: first learning rate, as a fraction of the peak
-    lr_end: float = 1.6e-4  # onecycle: last learning rate, as a fraction of the peak
-    weight_decay: float = 5e-4  # L2 / decoupled weight decay
-    momentum: float = 0.9  # SGD momentum
-    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
-    augment: str = "flip"  # "none", "flip", "crop-flip" (pad + random crop) or "rrc"
-    crop_pad: int | None = None  # crop-flip's translation in pixels (None: image_size / 8)
-    workers: int = 0  # DataLoader workers per process; measure before raising (2 cores!)
-    seed: int = 0  # same seed, same CPU: same metrics
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # "auto", "off", "bf16" or "fp16" mixed precision
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
-    val_fraction: float = 0.1  # held out of train when there is no val/ or test/ folder
-    stats: str = "imagenet"  # normalization statistics: "imagenet" or "dataset"
-    loader: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
-    tta: bool = False  # evaluate on the image and its mirror, average the logits
-    trace_every: int = 50  # trace the first batch, then sample the model input every N steps (0: off)
-    on_bad_image: str = "skip"  # "skip" (count and list) or "error"
-    max_bad_fraction: float = 0.1  # refuse to start if more files than this are unreadable
-    sync_bn: bool = False  # SyncBatchNorm under DDP
-    max_image_pixels: int = LoadLimits().max_pixels  # refuse larger images from the header
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One row of the training trace."""
-
-    epoch: int  # 1-based
-    train_loss: float
-    train_acc: float
-    val_loss: float | None
-    val_acc: float | None
-    lr: float  # learning rate at the end of the epoch
-    seconds: float  # wall time of the epoch, validation included
-    images_per_s: float  # training images per second (all processes)
-    bad_images: int = 0  # files skipped in this epoch
-    observation: str = ""  # what the curve shows, in words
-    observation_kind: str = ""  # one of observations.KINDS
-
-    def point(self) -> Point:
-        return Point(self.train_loss, self.train_acc, self.val_loss, self.val_acc)
-
-
-@dataclass
-class TrainResult:
-    """What a run produced; the report renders this, it computes nothing itself."""
-
-    run_dir: str
-    config: TrainConfig
-    classes: list[str]
-    preprocess: Preprocess
-    model_config: ModelConfig
-    records: list[EpochRecord]
-    confusion: list[list[int]]  # [true][predicted] counts on the validation set
-    stages: list[StageRecord]  # the data flow as it ran (first batch)
-    stage_pictures: dict[int, np.ndarray]  # thumbnail as each stage left it, (H, W, 3) uint8
-    probes: list[dict]  # sampled model-input statistics
-    bad_files: list[tuple[str, str]]  # (path, reason) skipped
-    params: int
-    dist: DistInfo = field(default_factory=DistInfo)
-    ranks: list[RankRecord] = field(default_factory=list)  # last epoch, one per process
-    dataset: dict = field(default_factory=dict)  # split layout and counts
-    timing: dict = field(default_factory=dict)  # seconds: total, data, train
-    stopped: str = ""  # "" | "interrupted" | "diverged: ..."
-
-    @property
-    def per_class_accuracy(self) -> list[float | None]:
-        return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion)]
-
-
-class Observer:
-    """Hooks for views of a run; every method is optional."""
-
-    def on_train_start(self, info: dict) -> None: ...
-    def on_batch_end(self, epoch: int, step: int, steps: int, loss: float, images_per_s: float) -> None: ...
-    def on_epoch_end(self, record: EpochRecord) -> None: ...
-    def on_train_end(self, result: TrainResult) -> None: ...
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -41,7 +41,7 @@ def cmd_demo(args) -> int:
 
 
 def add_train(sub) -> None:
-    from ..train import PRESETS, TrainConfig
+    from ..config import PRESETS, TrainConfig
 
     t = sub.add_parser("train", help="train on an ImageFolder dataset and trace it")
     t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders)")
@@ -68,10 +68,11 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from ..config import PRESETS, TrainConfig
     from ..distributed import DistInfo, env_requests_distributed, init_distributed, shutdown
     from ..report import terminal as term
     from ..report.build import write_run_report
-    from ..train import PRESETS, TrainConfig, fit
+    from ..train import fit
 
     values = {}
     if args.preset:

@@ -26,8 +26,8 @@ from ..explain import (
 from ..files import write_bytes_atomic, write_text_atomic
 from ..layers import LayerTrace
 from ..predict import LoadedModel, load_model, trace_prediction
+from ..records import TrainResult
 from ..trace import chw_picture
-from ..train import TrainResult
 from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight

@@ -19,8 +19,8 @@ from rich.table import Table
 
 from ..files import safe_text
 from ..layers import LayerTrace
+from ..records import EpochRecord, Observer, TrainResult
 from ..trace import StageRecord
-from ..train import EpochRecord, Observer, TrainResult
 
 if TYPE_CHECKING:
     from ..export import OnnxCheck
