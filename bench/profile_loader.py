@@ -1,5 +1,6 @@
-"""Where the loader's time goes: microseconds per image for each step of the fast path, one
-thread (as in a DataLoader worker), next to the bare decode and torchvision's own steps.
+"""Where the loader's time goes: microseconds per image for each declared stage of the fast
+path (the very stage objects the loader runs), one thread (as in a DataLoader worker), next
+to torchvision's own steps.
 
     python bench/profile_loader.py [DATA_DIR]        (make bench-profile)
 
@@ -21,38 +22,35 @@ from PIL import Image
 from torchvision import transforms as v1
 
 from common import data_dir, save
-from pipetrace.images import check_file, decode_bgr
+from pipetrace.images import check_file
+from pipetrace.pipeline import FileRef, fast_pipeline
 from pipetrace.scan import scan_image_folder
-from pipetrace.transforms import Preprocess, fast_transform, hwc_to_chw, normalize_batch
+from pipetrace.transforms import Preprocess, normalize_batch
 
 
 def per_image_us(files: list[str], pre: Preprocess) -> dict[str, float]:
-    datas = [open(f, "rb").read() for f in files]  # noqa: SIM115 (read once, outside the clock)
-    headers = [check_file(f)[:3] for f in files]
-    tf = fast_transform(pre)
+    """The fast path's declared stages (``pipeline.fast_pipeline``), each timed on every
+    file, then ImageFolder's steps; the batch normalize per image of a batch of 32."""
+    pipe = fast_pipeline(pre)
+    refs = [FileRef(f, None, check_file(f)[:3]) for f in files]
     to_tensor = v1.Compose([v1.ToTensor(), v1.Normalize(pre.mean, pre.std)])
     pil_resize = v1.Compose([v1.Resize(pre.resize_size), v1.CenterCrop(pre.size)])
     resize = pre.crop_pct != 1.0
     slot = np.empty((pre.size, pre.size, 3), np.uint8)
     steps: dict[str, list[float]] = {}
 
-    def clock(name, fn):
+    def clock(name, fn, *args):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         steps.setdefault(name, []).append(time.perf_counter() - t0)
         return out
 
     for _ in range(5):  # the fast path's steps, image by image, then ImageFolder's
-        for path, data, header in zip(files, datas, headers, strict=True):
-            clock("read file (open, read, close)", lambda p=path: open(p, "rb").read())  # noqa: SIM115
-            bgr = clock("fast: cv2.imdecode (header known)",
-                        lambda d=data, p=path, h=header: decode_bgr(d, p, min_side=pre.resize_size,
-                                                                    header=h))
-            if resize:
-                bgr = clock("fast: v2 Resize + CenterCrop (uint8)",
-                            lambda b=bgr: tf(hwc_to_chw(b)).permute(1, 2, 0).numpy())
-            clock("fast: cv2.cvtColor BGR->RGB into the batch slot",
-                  lambda b=bgr: cv2.cvtColor(b, cv2.COLOR_BGR2RGB, dst=slot))
+        for ref in refs:
+            x = ref
+            for stage in pipe.per_image:
+                x = clock(f"fast: {stage.name} ({stage.library})", stage.fn, x)
+            clock(f"fast: {pipe.place.name} ({pipe.place.library})", pipe.place.fn, x, slot)
         for path in files:
             img = clock("ImageFolder: PIL open + convert('RGB')",
                         lambda p=path: Image.open(p).convert("RGB"))

@@ -10,10 +10,17 @@ from PIL import Image
 from conftest import coloured_image, write_image
 from pipetrace import checks
 from pipetrace.checks import inspect_batch
-from pipetrace.trace import PLANTS, trace_image
+from pipetrace.dataset_trace import trace_image
+from pipetrace.images import read_bytes
+from pipetrace.pipeline import PLANTS
 from pipetrace.transforms import Preprocess
 
 PRE = Preprocess(size=32, crop_pct=1.0)
+
+
+def traced_findings(flow, path, pre=PRE):
+    """What `pipetrace trace` checks: the file's EXIF and the traced flow."""
+    return checks.check_exif_orientation(read_bytes(path), path) + checks.check_flow(flow, pre)
 
 
 def kinds(findings):
@@ -35,15 +42,15 @@ def photo_like(tmp_path):
 ])
 def test_planted_bug_is_found(photo_like, plant, expected):
     assert set(PLANTS) >= {plant}
-    _, out = trace_image(photo_like, PRE, plant=plant, batch=4)
-    found = checks.check_traced_image(out, PRE, name="x.jpg")
+    flow, _ = trace_image(photo_like, PRE, plant=plant, batch=4)
+    found = traced_findings(flow, photo_like)
     assert kinds(found) == expected, [f.title for f in found]
     assert all(f.fix and f.evidence for f in found)
 
 
 def test_correct_pipeline_has_no_finding(photo_like):
-    _, out = trace_image(photo_like, PRE, batch=4)
-    assert checks.check_traced_image(out, PRE) == []
+    flow, _ = trace_image(photo_like, PRE, batch=4)
+    assert traced_findings(flow, photo_like) == []
 
 
 def test_normalize_twice_is_named_as_such():
@@ -82,8 +89,8 @@ def test_numeric_class_names_sorted_as_strings():
 
 def no_alarm_on(files, pre):
     for f in files:
-        _, out = trace_image(str(f), pre, batch=2, repeat=1)
-        found = [x for x in checks.check_traced_image(out, pre, name=str(f))
+        flow, _ = trace_image(str(f), pre, batch=2)
+        found = [x for x in traced_findings(flow, str(f), pre)
                  if x.check != "exif"]  # a real EXIF rotation is a fact, not an alarm
         assert found == [], (f, [x.title for x in found])
 

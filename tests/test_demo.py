@@ -26,10 +26,14 @@ def test_demo_reaches_the_seed_accuracy_and_prints_its_tables(demo_run):
 
 def test_demo_trace_is_true_to_the_model(demo_run):
     doc = json.loads((demo_run / "trace.json").read_text())
-    stages = {s["index"]: s for s in doc["stages"]}
-    assert stages[1]["output"]["channel_order"] == "BGR"
-    assert stages[2]["output"]["channel_order"] == "RGB"
-    assert stages[4]["output"]["shape"] == [32, 3, 224, 224]
+    steps = doc["data_flow"]["stages"]
+    assert [s["name"] for s in steps] == ["Read file", "Decode", "Resize + crop",
+                                          "BGR to RGB, into the batch", "To device",
+                                          "Normalize batch", "Augment batch", "Training step"]
+    assert steps[1]["output"]["channel_order"] == "BGR"  # measured against a PIL decode
+    assert steps[3]["output"]["channel_order"] == "RGB"
+    assert steps[6]["output"]["shape"] == [32, 3, 224, 224]
+    assert doc["data_flow"]["seed_order_same"] is True
     lm = load_model(demo_run)
     assert doc["run"]["model"]["params"] == sum(p.numel() for p in lm.model.parameters())
     assert doc["run"]["classes"] == lm.classes == ["circle", "square", "star", "triangle"]

@@ -31,12 +31,14 @@ def test_the_demo_quiz_is_the_one_its_trace_gives(demo_doc):
     for q in quiz:
         assert 2 <= len(q["choices"]) <= 4 and len(set(q["choices"])) == len(q["choices"])
         assert 0 <= q["answer"] < len(q["choices"]) and q["explanation"]
-    stages = {s["index"]: s for s in demo_doc["stages"]}
+    steps = demo_doc["data_flow"]["stages"]
+    decode = next(s for s in steps if s["name"] == "Decode")
+    model_input = [s for s in steps if s["seed"] < 5][-1]["output"]
     epochs = demo_doc["training"]["epochs"]
     assert right_answers(demo_doc) == {
-        "Which library read": stages[1]["library"],  # OpenCV
-        "In which channel": stages[1]["output"]["channel_order"],  # BGR
-        "What shape did": " x ".join(map(str, stages[4]["output"]["shape"])),  # 32 x 3 x 224 x 224
+        "Which library decoded": decode["library"],  # OpenCV
+        "In which channel": decode["output"]["channel_order"],  # BGR
+        "What shape did": " x ".join(map(str, model_input["shape"])),  # 32 x 3 x 224 x 224
         "Which layer turned": demo_doc["prediction"]["layers"][-1]["kind"],  # softmax
         "What did the": "It fell" if epochs[-1]["train_loss"] < epochs[0]["train_loss"]
         else "It did not fall",
@@ -45,16 +47,17 @@ def test_the_demo_quiz_is_the_one_its_trace_gives(demo_doc):
 
 def test_a_different_trace_gives_different_right_answers(demo_doc):
     doc = copy.deepcopy(demo_doc)
-    stages = {s["index"]: s for s in doc["stages"]}
-    stages[1]["library"] = "PIL"
-    stages[1]["output"]["channel_order"] = "RGB"
-    stages[4]["output"]["shape"] = [8, 3, 32, 32]
+    steps = doc["data_flow"]["stages"]
+    decode = next(s for s in steps if s["name"] == "Decode")
+    decode["library"] = "PIL"
+    decode["output"]["channel_order"] = "RGB"
+    [s for s in steps if s["seed"] < 5][-1]["output"]["shape"] = [8, 3, 32, 32]
     for e, loss in zip(doc["training"]["epochs"], (0.5, 0.6, 0.7, 0.8, 0.9), strict=False):
         e["train_loss"] = loss  # rising
     before, after = right_answers(demo_doc), right_answers(doc)
-    assert after == {**before, "Which library read": "PIL", "In which channel": "RGB",
+    assert after == {**before, "Which library decoded": "PIL", "In which channel": "RGB",
                      "What shape did": "8 x 3 x 32 x 32", "What did the": "It did not fall"}
-    assert before["Which library read"] == "OpenCV" and before["What did the"] == "It fell"
+    assert before["Which library decoded"] == "OpenCV" and before["What did the"] == "It fell"
 
 
 def test_a_run_without_prediction_or_history_still_has_three_questions(demo_doc):

@@ -135,7 +135,10 @@ def test_the_page_needs_no_network(demo_run):
     assert_inert(page)
     (csp,) = [a["content"] for t, a in page.tags if a.get("http-equiv") == "Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
-    assert sum(t == "img" for t, _ in page.tags) == 7  # four stages, input, Grad-CAM, features
+    doc = json.loads((demo_run / "trace.json").read_text(encoding="utf-8"))
+    pictures = sum(s["picture"] is not None for s in doc["data_flow"]["stages"])
+    assert pictures == 6  # every image step but the file read and the training step
+    assert sum(t == "img" for t, _ in page.tags) == pictures + 3  # + input, Grad-CAM, features
     assert sum(t == "svg" for t, _ in page.tags) == 2  # loss and accuracy charts
 
 

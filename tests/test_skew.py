@@ -105,7 +105,7 @@ def _string(path):
 @pytest.mark.parametrize("spec, says", [
     ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'"),
     (f"{APPS}:no_such_function", "has no function 'no_such_function'"),
-    ("missing_colon", "expects MODULE:FUNCTION"),
+    ("missing_colon", "expected MODULE:FUNCTION"),
     ("test_skew:_raises", "raised on"),
     ("test_skew:_string", "returned str"),
 ])

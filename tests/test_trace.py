@@ -1,4 +1,8 @@
-"""The stage trace tells the truth: recorded shapes, orders and ranges match the real objects."""
+"""The stage trace observes what runs: its records are the loader's own calls, in their order,
+byte for byte; change the declared pipeline and the trace changes with no edit to the tracer."""
+
+import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -6,54 +10,164 @@ import torch
 from torchvision.transforms import v2
 
 from conftest import coloured_image, write_image
-from pipetrace.data import ImageDataset, LoaderConfig, make_loader
+from pipetrace import pipeline as pl
+from pipetrace.data import ImageDataset, LoaderConfig, TraceRequest, make_loader, to_model_input
+from pipetrace.dataset_trace import trace_image
 from pipetrace.scan import find_splits
 from pipetrace.trace import (
+    StageTracer,
+    batch_tracer,
+    data_flow,
     detect_channel_order,
     summarize,
-    trace_image,
-    trace_sample,
     trace_transforms,
 )
 from pipetrace.transforms import BatchAugment, Preprocess
 
 
-def test_trace_image_records_match_the_arrays(tmp_path):
-    path = str(write_image(tmp_path / "x.png", coloured_image(48, 64)))
+def digest(a) -> str:
+    if isinstance(a, torch.Tensor):
+        a = a.contiguous().numpy()
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+@pytest.fixture
+def photo(tmp_path):
+    """A 120 x 160 JPEG whose channels differ clearly (a swap is visible)."""
+    return str(write_image(tmp_path / "x.jpg", coloured_image(120, 160)))
+
+
+def first_traced_batch(ds, workers=0, batch_size=4):
+    loader = make_loader(ds, LoaderConfig(batch_size=batch_size, workers=workers), shuffle=False)
+    loader.batch_sampler.trace_next()
+    return next(iter(loader))
+
+
+def slot_bytes(batch, k=0) -> str:
+    """The bytes of image k as it sits in the batch buffer (NHWC for the fast path)."""
+    img = batch.images[k]
+    return digest(img.permute(1, 2, 0) if batch.images.dtype == torch.uint8 else img)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("path", ["fast", "classic"])
+def test_each_recorded_output_is_what_the_loader_produced(image_folder, path, workers):
+    pre = Preprocess(size=24, crop_pct=0.875)
+    ds = ImageDataset(find_splits(image_folder).train.samples, pre, path=path)
+    batch = first_traced_batch(ds, workers)
+    records = batch.trace.records
+    assert [r.name for r in records] == [s.name for s in ds.pipeline.stages]
+    assert [r.operation for r in records] == [s.operation for s in ds.pipeline.stages]
+    # the last image step wrote the image into its slot: the recorded bytes are the batch's
+    assert records[-1].output.digest == slot_bytes(batch, 0)
+    # every intermediate output equals the declared stages run by hand on the same file
+    x = ds.refs[int(batch.indices[0])]
+    for stage, rec in zip(ds.pipeline.per_image, records, strict=False):
+        x = stage.fn(x)
+        if not isinstance(x, pl.Encoded):
+            assert rec.output.digest == digest(np.asarray(x) if not isinstance(x, torch.Tensor)
+                                               else x.as_subclass(torch.Tensor)), rec.name
+    assert records[1].output.channel_order == "BGR"  # the decode, measured against PIL
+    assert records[-1].output.channel_order == "RGB"
+    assert batch.trace.source == ds.samples[int(batch.indices[0])][0]
+
+
+def test_reordering_the_fast_path_changes_the_trace_not_the_bytes(photo):
+    pre = Preprocess(size=32, crop_pct=0.875)
+    fast = pl.fast_pipeline(pre)
+    read, decode, resize = fast.per_image
+    # the seed's order: convert BGR to RGB at full size, then resize; copy into the batch
+    seed_order = replace(fast, per_image=(read, decode, replace(fast.place, name="BGR to RGB"),
+                                          resize),
+                         place=pl.Stage("Into the batch", 4, "PyTorch", pl.CopyInto(), "", ""))
+    runs = {}
+    for name, pipe in (("fast", fast), ("reordered", seed_order)):
+        ds = ImageDataset([(photo, 0)], pre, pipeline=pipe)
+        b = ds.__getitems__(TraceRequest([0]))
+        runs[name] = (data_flow(pipe.path, b.trace), slot_bytes(b))
+    (fast_flow, fast_bytes), (seed_flow, seed_bytes) = runs["fast"], runs["reordered"]
+    assert [s.name for s in fast_flow.stages] == ["Read file", "Decode", "Resize + crop",
+                                                  "BGR to RGB, into the batch"]
+    assert [s.name for s in seed_flow.stages] == ["Read file", "Decode", "BGR to RGB",
+                                                  "Resize + crop", "Into the batch"]
+    # the order line is derived from the records: out of the seed's order, and checked
+    assert "after Resize + crop (stage 3)" in fast_flow.order and "same bytes" in fast_flow.order
+    assert fast_flow.seed_order_same is True
+    assert seed_flow.order.startswith("Ran in the seed's order")
+    # the conversion ran on the small image in one and on the full decode in the other
+    conv = {f: next(s for s in flow.stages if s.name.startswith("BGR to RGB"))
+            for f, flow in (("fast", fast_flow), ("seed", seed_flow))}
+    assert conv["fast"].input.shape == (32, 32, 3) and conv["seed"].input.shape == (120, 160, 3)
+    assert fast_bytes == seed_bytes  # resizing commutes with the channel swap
+
+
+def test_changing_a_stage_changes_the_recorded_operation(photo):
+    pre = Preprocess(size=32, crop_pct=0.875)
+    fast = pl.fast_pipeline(pre)
+    bicubic = replace(pre, interpolation="bicubic")
+    changed = replace(fast, per_image=(*fast.per_image[:2], replace(
+        fast.per_image[2], fn=pl.ResizeCrop(bicubic, pl.fast_transform(bicubic)))))
+    ops = []
+    for pipe in (fast, changed):
+        b = ImageDataset([(photo, 0)], pre, pipeline=pipe).__getitems__(TraceRequest([0]))
+        ops.append(b.trace.records[2].operation)
+    assert "BILINEAR" in ops[0] and "BICUBIC" in ops[1]
+
+
+def test_a_seed_order_check_that_fails_is_reported(photo):
+    """A planted non-commuting step after the conversion: the trace says NOT the same bytes."""
     pre = Preprocess(size=32, crop_pct=1.0)
-    records, out = trace_image(path, pre, batch=4)
-    s1, s2, s3, s4 = records
-    assert s1.output.shape == out["bgr"].shape == (48, 64, 3)
-    assert (s1.output.channel_order, s2.output.channel_order) == ("BGR", "RGB")
-    assert s1.output.min == out["bgr"].min() and s1.output.max == out["bgr"].max()
-    assert np.allclose(s1.output.mean, out["bgr"].reshape(-1, 3).mean(0))
-    assert s3.output.shape == tuple(out["tensor"].shape) == (3, 32, 32)
-    assert s3.output.layout == "CHW" and s3.output.dtype == "float32"
-    assert s4.output.shape == tuple(out["batch"].shape) == (4, 3, 32, 32)
-    assert s4.output.min == pytest.approx(float(out["batch"].min()))
+    fast = pl.fast_pipeline(pre)
+
+    class RedOnly:  # keeps channel 0 only: not a per-channel operation, does not commute
+        def __call__(self, a):
+            out = np.zeros_like(a)
+            out[..., 0] = a[..., 0]
+            return out
+
+    odd = replace(fast, per_image=(*fast.per_image, pl.Stage("Red only", 3, "NumPy", RedOnly(),
+                                                             "", "")))
+    b = ImageDataset([(photo, 0)], pre, pipeline=odd).__getitems__(TraceRequest([0]))
+    flow = data_flow(odd.path, b.trace)
+    assert flow.seed_order_same is False and "NOT the same bytes" in flow.order
 
 
-def test_planted_bgr_is_recorded_as_bgr(tmp_path):
-    path = str(write_image(tmp_path / "x.png", coloured_image()))
-    records, _ = trace_image(path, Preprocess(size=32, crop_pct=1.0), plant="bgr")
-    assert records[1].output.channel_order == "BGR"
-
-
-@pytest.mark.parametrize("path_kind", ["fast", "classic"])
-def test_training_trace_stage4_equals_the_real_batch(image_folder, path_kind):
+def test_batch_stages_traced_equal_untraced(image_folder):
     pre = Preprocess(size=24, crop_pct=1.0)
-    ds = ImageDataset(find_splits(image_folder).train.samples, pre, path=path_kind, train=True,
-                      augment="flip")
-    batch = next(iter(make_loader(ds, LoaderConfig(batch_size=6), shuffle=False)))
-    records, pictures = trace_sample(ds, batch, augment=BatchAugment.for_preset("flip", 24))
-    assert [r.index for r in records] == [1, 2, 3, 4]
-    assert records[3].output.shape == (len(batch), 3, 24, 24)
-    assert records[0].output.channel_order == "BGR" and records[1].output.channel_order == "RGB"
-    assert records[3].output.dtype == "float32"
-    assert set(pictures) == {1, 2, 3, 4}
-    # stage 3 re-ran the loader's own function: its output equals the batch's first image
-    if path_kind == "fast":
-        assert records[2].output.max == float(batch.images[0].max())
+    ds = ImageDataset(find_splits(image_folder).train.samples, pre, train=True, augment="crop-flip")
+    batch = first_traced_batch(ds, batch_size=6)
+    aug = BatchAugment.for_preset("crop-flip", 24)
+    tracer = batch_tracer(batch.trace, pre)
+    traced = to_model_input(batch.images, pre, augment=aug, observer=tracer,
+                            generator=torch.Generator().manual_seed(3))
+    plain = to_model_input(batch.images, pre, augment=aug,
+                           generator=torch.Generator().manual_seed(3))
+    assert torch.equal(traced, plain)  # observing changes nothing
+    assert [r.name for r in tracer.records] == ["To device", "Normalize batch", "Augment batch"]
+    assert tracer.records[-1].output == replace(summarize(plain, channel_order="RGB"), digest="")
+    assert all(r.scope == "batch" for r in tracer.records)
+
+
+def test_trace_image_seed_chain_and_its_planted_bgr(photo):
+    pre = Preprocess(size=32, crop_pct=1.0)
+    flow, x = trace_image(photo, pre, batch=3)
+    names = [s.name for s in flow.stages]
+    assert names[:4] == ["Read file", "Decode", "BGR to RGB", "To PIL image"]
+    assert names[4:9] == ["Resize", "CenterCrop", "ToImage", "ToDtype", "Normalize"]
+    assert flow.model_input().shape == tuple(x.shape) == (3, 3, 32, 32)
+    assert [s.output.channel_order for s in flow.stages[1:4]] == ["BGR", "RGB", "RGB"]
+    bad, _ = trace_image(photo, pre, plant="bgr")
+    assert bad.stages[2].name == "BGR to RGB (skipped)" and bad.image_order() == "BGR"
+
+
+def test_stage_tracer_times_and_keeps_pictures():
+    tracer = StageTracer()
+    img = coloured_image(20, 30)
+    stage = pl.Stage("Flip", 3, "NumPy", lambda a: a[:, ::-1], "", "")
+    out = tracer.call(stage, img)
+    (rec,) = tracer.records
+    assert np.array_equal(out, img[:, ::-1]) and rec.micros_per_item > 0
+    assert rec.picture.shape == (20, 30, 3) and rec.output.digest == digest(out)
 
 
 def test_detect_channel_order_needs_evidence():
@@ -72,7 +186,7 @@ def test_summarize_layouts():
     assert s.mean == (0.5, 2.5, 4.5) and (s.min, s.max) == (0.0, 5.0)
 
 
-def test_trace_any_transform_chain(tmp_path):
+def test_trace_any_transform_chain():
     from PIL import Image
 
     img = Image.fromarray(coloured_image(40, 50))
@@ -81,3 +195,4 @@ def test_trace_any_transform_chain(tmp_path):
     assert [r.name for r in recs] == ["Resize", "ToImage", "ToDtype"]
     assert recs[0].output.shape == (20, 25, 3) and recs[-1].output.shape == (3, 20, 25)
     assert recs[-1].output.max <= 1.0 and recs[1].output.dtype == "uint8"
+    assert recs[0].operation == repr(chain.transforms[0])

@@ -35,8 +35,11 @@ def test_fit_writes_a_complete_run_folder(tiny_shapes, tmp_path):
     assert json.loads((run / "config.json").read_text())["model"] == "pipenet-tiny"
     assert len(result.records) == 2 and all(math.isfinite(r.train_loss) for r in result.records)
     assert sum(map(sum, result.confusion)) == 16  # every validation image counted once
-    assert [s.index for s in result.stages] == [1, 2, 3, 4, 5]
-    assert result.stages[3].output.shape == (16, 3, 64, 64)
+    steps = result.flow.stages
+    assert [s.index for s in steps] == list(range(1, len(steps) + 1))
+    assert [s.seed for s in steps] == [1, 1, 3, 2, 4, 3, 3, 5]  # the fast path, as it ran
+    assert steps[-1].name == "Training step" and steps[-1].input.shape == (16, 3, 64, 64)
+    assert result.flow.model_input() == steps[-1].input
     assert result.probes and result.probes[0]["step"] == 0
     ckpt = ckpt_io.load_checkpoint(run / "last.pt")
     for key in ("model_state", "optimizer_state", "scheduler_state", "rng", "history",

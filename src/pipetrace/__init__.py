@@ -21,10 +21,15 @@ _EXPORTS = {
     # stage 4: datasets and loaders
     "scan_image_folder": "scan", "find_splits": "scan", "ImageDataset": "data",
     "make_loader": "data", "LoaderConfig": "data",
+    # the pipelines, declared once (the loader runs them, the tracer observes them)
+    "Pipeline": "pipeline", "Stage": "pipeline", "image_pipeline": "pipeline",
+    "seed_pipeline": "pipeline",
     # the stage trace and the checks
-    "trace_image": "trace", "trace_transforms": "trace", "summarize": "trace",
-    "StageRecord": "trace", "inspect_batch": "checks", "check_train_eval_skew": "checks",
-    "Finding": "checks",
+    "trace_image": "dataset_trace", "trace_transforms": "trace", "summarize": "trace",
+    "StageRecord": "trace", "DataFlow": "trace", "StageTracer": "trace",
+    "trace_dataset": "dataset_trace", "DatasetTrace": "dataset_trace",
+    "inspect_batch": "checks", "channel_reference": "checks",
+    "check_train_eval_skew": "checks", "Finding": "checks",
     # stage 5 and the training trace
     "TrainConfig": "config", "fit": "train", "EpochRecord": "records", "Observer": "records",
     "TrainResult": "records",

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .trace import Summary, detect_channel_order, summarize
+from .images import display_path
+from .pipeline import SEED_STAGES as SEED_STAGE_NAMES
+from .trace import DataFlow, Summary, summarize
 from .transforms import Preprocess
 
 SEVERITIES = ("error", "warning", "info")
@@ -38,19 +40,6 @@ class Finding:
 
 
 # -- channel order and EXIF (stages 1-2) ---------------------------------------------------------
-
-def check_channel_order(rgb_claimed: np.ndarray, reference_rgb: np.ndarray,
-                        where: str = "2 convert") -> list[Finding]:
-    """An array about to reach PIL/torchvision must be RGB: compare with a PIL decode."""
-    order = detect_channel_order(rgb_claimed, reference_rgb)
-    if order != "BGR":
-        return []
-    return [Finding("channel-order", "error", where, "Colour channels are in BGR order",
-                    "the array equals an independent PIL decode of the same file with its "
-                    "channels reversed: OpenCV's BGR reached an RGB consumer",
-                    "convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before "
-                    "Image.fromarray or torch.from_numpy")]
-
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (1 = upright) of an image file's bytes; 1 when absent."""
@@ -141,18 +130,108 @@ def _r(v: Sequence[float]) -> str:
     return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
 
 
-def inspect_batch(x: torch.Tensor, pre: Preprocess = Preprocess(), *,
-                  where: str = "4 batch") -> list[Finding]:
-    """Check a tensor about to enter the model: layout, dtype/scale and normalization."""
-    s = summarize(x)
-    return check_layout(s, where) + check_scale(s, where) + check_normalization(s, pre, where)
+@dataclass(frozen=True)
+class ChannelReference:
+    """Per-channel mean of the dataset's images, decoded independently (PIL, RGB, 0-1)."""
+
+    mean: tuple[float, float, float]  # R, G, B
+    source: str  # what it was measured on, for the finding's evidence
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def check_traced_image(outputs: dict, pre: Preprocess, name: str = "image") -> list[Finding]:
-    """All per-image checks over the outputs of :func:`pipetrace.trace.trace_image`."""
-    findings = check_exif_orientation(outputs["data"], name)
-    findings += check_channel_order(np.asarray(outputs["pil"]), outputs["reference_rgb"])
-    return findings + inspect_batch(outputs["batch"], pre)
+def channel_reference(paths: Sequence[str], *, max_files: int = 64,
+                      source: str | None = None) -> ChannelReference | None:
+    """The mean colour of up to ``max_files`` files (evenly spaced), decoded with PIL at a
+    reduced size; None when none can be read. Independent of any pipeline under test."""
+    paths = list(paths)
+    chosen = paths[:: max(1, len(paths) // max_files)][:max_files]
+    sums, n = np.zeros(3), 0
+    for path in chosen:
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; colour means survive
+                arr = np.asarray(im.convert("RGB").resize((32, 32)), np.float64) / 255
+        except Exception:  # an unreadable file is simply not part of the reference
+            continue
+        sums += arr.reshape(-1, 3).mean(0)
+        n += 1
+    if n == 0:
+        return None
+    return ChannelReference(tuple(float(v) for v in sums / n),
+                            f"a PIL decode of {source or f'{n} files'}")
+
+
+def pixel_means(s: Summary, pre: Preprocess) -> np.ndarray | None:
+    """A batch's per-channel means on the 0-1 pixel scale (undoing Normalize or 0-255)."""
+    if len(s.mean) != 3 or s.min is None:
+        return None
+    m = np.asarray(s.mean, np.float64)
+    if s.dtype.startswith("uint8") or (s.max > 1.5 and s.min >= 0):
+        return m / 255
+    if s.min < -0.01:  # normalized: undo it with the contract's statistics
+        return m * np.asarray(pre.std) + np.asarray(pre.mean)
+    return m
+
+
+def check_channel_stats(s: Summary, pre: Preprocess, ref: ChannelReference,
+                        where: str = "4 batch") -> list[Finding]:
+    """A BGR/RGB swap, from the batch's colour means against an independent reference: a
+    swap trades the red and blue means, so the reversed means fit the reference better."""
+    m = pixel_means(s, pre)
+    if m is None or s.layout not in ("NCHW", "CHW"):
+        return []
+    r = np.asarray(ref.mean)
+    gap = abs(r[0] - r[2])
+    if gap < 0.02:  # red and blue about equal in this data: a swap cannot be told
+        return []
+    straight, swapped = np.abs(m - r).sum(), np.abs(m[::-1] - r).sum()
+    if straight - swapped < gap:
+        return []
+    return [Finding("channel-order", "error", where, "Colour channels look swapped (BGR vs RGB)",
+                    f"the batch's mean colour {_r(m)} (red, green, blue) matches {ref.source} "
+                    f"{_r(r)} only with red and blue reversed (distance {swapped:.3f} "
+                    f"reversed, {straight:.3f} as it is)",
+                    "convert OpenCV's BGR with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before "
+                    "Image.fromarray or torch.from_numpy")]
+
+
+def inspect_batch(x: torch.Tensor, pre: Preprocess = Preprocess(), *, where: str = "4 batch",
+                  reference: ChannelReference | None = None) -> list[Finding]:
+    """Check a tensor about to enter the model: layout, dtype/scale and normalization, and,
+    with a ``reference`` (:func:`channel_reference`), the channel order."""
+    return check_summary(summarize(x), pre, where=where, reference=reference)
+
+
+def check_summary(s: Summary, pre: Preprocess, *, where: str = "4 batch",
+                  reference: ChannelReference | None = None) -> list[Finding]:
+    """:func:`inspect_batch` on a recorded :class:`~pipetrace.trace.Summary`."""
+    found = check_layout(s, where) + check_scale(s, where) + check_normalization(s, pre, where)
+    if reference is not None:
+        found += check_channel_stats(s, pre, reference, where)
+    return found
+
+
+def check_flow(flow: DataFlow, pre: Preprocess) -> list[Finding]:
+    """The checks of a traced data flow: the channel order of the image as it entered the
+    batch (measured against a PIL decode of the file), then what the model received."""
+    findings = []
+    order = flow.image_order()
+    if order in ("RGB", "BGR") and order != pre.colour_order:
+        last = [s for s in flow.stages if s.scope == "image"][-1]
+        findings.append(Finding(
+            "channel-order", "error", f"{last.seed} {SEED_STAGE_NAMES.get(last.seed, '')}",
+            f"Colour channels are in {order} order when the image enters the batch",
+            f"after step {last.index} ({last.name}) the image matches an independent PIL decode "
+            f"of {display_path(flow.source)} only with its channels reversed; the model's "
+            f"contract says {pre.colour_order}",
+            "convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB) before Image.fromarray or "
+            "torch.from_numpy"))
+    s = flow.model_input()
+    if s is not None:
+        findings += check_summary(s, pre)
+    return findings
 
 
 # -- configuration (training vs serving, class order) --------------------------------------------
@@ -198,15 +277,8 @@ def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
     """Findings for a training run, from its recorded stages and sampled batch statistics."""
     findings = check_class_order(result.classes)
     pre = result.preprocess
-    by_index = {s.index: s for s in result.stages}
-    if 2 in by_index and by_index[2].output.channel_order == "BGR":
-        findings += [Finding("channel-order", "error", "2 convert",
-                             "Colour channels are in BGR order after stage 2",
-                             "the converted array matches a PIL decode with channels reversed",
-                             "convert with cv2.cvtColor(img, cv2.COLOR_BGR2RGB)")]
-    if 4 in by_index:
-        s4 = by_index[4].output
-        findings += check_layout(s4) + check_scale(s4) + check_normalization(s4, pre)
+    if result.flow is not None:
+        findings += check_flow(result.flow, pre)
     for probe in result.probes[1:]:  # the first probe is the batch stage 4 already checked
         s = Summary(**{**probe["summary"], "shape": tuple(probe["summary"]["shape"]),
                        "mean": tuple(probe["summary"]["mean"]),

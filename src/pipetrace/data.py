@@ -16,30 +16,24 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from .images import (
-    CheckedFile,
-    ImageLoadError,
-    LoadLimits,
-    bgr_to_rgb,
-    check_file,
-    decode_bgr,
-    read_bytes,
-    read_file,
-    rgb_to_pil,
+from .images import CheckedFile, ImageLoadError, LoadLimits, check_file
+from .pipeline import (
+    PATHS,
+    FileRef,
+    Pipeline,
+    batch_stages,
+    batch_tensor,
+    image_pipeline,
+    new_buffer,
+    run_batch,
+    run_image,
 )
-from .transforms import (
-    BatchAugment,
-    Preprocess,
-    classic_transform,
-    fast_transform,
-    hwc_to_chw,
-    is_final_size,
-    normalize_batch,
-)
+from .trace import StageTracer, trace_first_image
+from .transforms import BatchAugment, Preprocess
 
-LOADER_PATHS = ("fast", "classic")
+LOADER_PATHS = PATHS
 
 
 @dataclass(frozen=True)
@@ -55,41 +49,6 @@ class LoaderConfig:
     limits: LoadLimits = field(default_factory=LoadLimits)  # pixel and aspect limits
 
 
-def decode_fast_bgr(data: bytes, path: str, pre: Preprocess, transform, limits: LoadLimits,
-                    header: tuple[str, int, int] | None = None) -> np.ndarray:
-    """Stages 1 and 3 of the fast path: file bytes -> (size, size, 3) uint8 BGR array.
-
-    Stage 3 runs before stage 2: resizing works per channel, so resizing BGR and then
-    swapping the channels gives the same bytes, on size x size pixels, not the full image.
-    """
-    bgr = decode_bgr(data, path, limits=limits, min_side=pre.resize_size, header=header)
-    if is_final_size(bgr.shape[0], bgr.shape[1], pre):  # no tensor round trip (CIFAR)
-        return bgr
-    return transform(hwc_to_chw(bgr)).permute(1, 2, 0).numpy()
-
-
-def decode_fast(data: bytes, path: str, pre: Preprocess, transform, limits: LoadLimits,
-                header: tuple[str, int, int] | None = None) -> torch.Tensor:
-    """Stages 1-3 of the fast path: file bytes -> (3, size, size) uint8 RGB tensor."""
-    return hwc_to_chw(bgr_to_rgb(decode_fast_bgr(data, path, pre, transform, limits, header)))
-
-
-def decode_classic(data: bytes, path: str, transform, limits: LoadLimits) -> torch.Tensor:
-    """Stages 1-3 as the seed draws them: OpenCV -> RGB -> PIL -> torchvision -> float32."""
-    pil = rgb_to_pil(bgr_to_rgb(decode_bgr(data, path, limits=limits)))
-    return transform(pil).as_subclass(torch.Tensor)  # (3, S, S) float32, normalized
-
-
-def load_fast(path: str, pre: Preprocess, transform, limits: LoadLimits) -> torch.Tensor:
-    """:func:`decode_fast` of a file."""
-    return decode_fast(read_bytes(path), path, pre, transform, limits)
-
-
-def load_classic(path: str, transform, limits: LoadLimits) -> torch.Tensor:
-    """:func:`decode_classic` of a file."""
-    return decode_classic(read_bytes(path), path, transform, limits)
-
-
 def file_stamp(path: str) -> tuple[int, int] | None:
     """(size in bytes, modification time in ns) of a file, or None when it is gone."""
     try:
@@ -99,90 +58,94 @@ def file_stamp(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+class TraceRequest(list):
+    """A batch's dataset indices, marked so that the dataset traces this batch's first image
+    (the mark travels to a worker process with the indices; see :func:`make_loader`)."""
+
+    trace = True
+
+
 class ImageDataset(Dataset):
-    """(path, label) samples -> (image, label, index, error) items for :func:`collate`."""
+    """(path, label) samples run through a declared :class:`~pipetrace.pipeline.Pipeline`.
+
+    ``__getitems__`` builds a whole :class:`Batch` (the DataLoader calls it); ``load`` gives
+    one image. Both run the pipeline's own stage objects, nothing else.
+    """
 
     def __init__(self, samples: list[tuple[str, int]], pre: Preprocess, *, train: bool = False,
                  augment: str = "none", path: str = "fast", limits: LoadLimits = LoadLimits(),
                  on_bad_image: str = "skip", crop_pad: int | None = None,
-                 checked: list[CheckedFile] | None = None):
-        if path not in LOADER_PATHS:
-            raise ValueError(f"unknown loader path {path!r}; choose from {LOADER_PATHS}")
+                 checked: list[CheckedFile] | None = None, pipeline: Pipeline | None = None):
         self.samples = samples
         self.pre = pre
-        self.path = path
         self.limits = limits
         self.on_bad_image = on_bad_image
         self.train = train
         self.augment = augment
-        # (size, mtime_ns) of each file now, compared again when it is read; with `checked`
-        # (from check_files) the header is known for those very bytes and not parsed again
-        self.headers = [c[:3] for c in checked] if checked is not None else None
+        self.pipeline = pipeline or image_pipeline(pre, path, train=train, augment=augment,
+                                                   crop_pad=crop_pad, limits=limits)
+        self.path = path
+        # What stage 1 starts from: each file with its (size, mtime_ns) now, compared again
+        # when it is read; with `checked` (from check_files) also its header, known for those
+        # very bytes and not parsed again.
         if checked is not None:
-            self.stamps = [c.stamp for c in checked]
+            self.refs = [FileRef(p, c.stamp, c[:3]) for (p, _), c in zip(samples, checked,
+                                                                        strict=True)]
         else:
-            self.stamps = [file_stamp(p) for p, _ in samples]
-        if path == "fast":
-            self.transform = fast_transform(pre, train=train, augment=augment)
-        else:
-            self.transform = classic_transform(pre, train=train, augment=augment,
-                                               crop_pad=crop_pad)
+            self.refs = [FileRef(p, file_stamp(p), None) for p, _ in samples]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _read(self, i: int) -> bytes:
-        file = self.samples[i][0]
-        data, stamp = read_file(file)
-        if self.stamps is not None and stamp != self.stamps[i]:
-            raise ImageLoadError(file, "file changed since the dataset was scanned (size or "
-                                 "modification time differ)")
-        return data
-
-    def _header(self, i: int) -> tuple[str, int, int] | None:
-        return self.headers[i] if self.headers else None
-
-    def load(self, i: int) -> torch.Tensor:
-        """Image ``i`` through stages 1-3: (3, S, S) uint8 (fast) or float32 (classic)."""
-        file = self.samples[i][0]
-        if self.path == "fast":
-            return decode_fast(self._read(i), file, self.pre, self.transform, self.limits,
-                               self._header(i))
-        return decode_classic(self._read(i), file, self.transform, self.limits)
+    def load(self, i: int, observer=None) -> torch.Tensor:
+        """Image ``i`` through the per-image stages: (3, S, S) uint8 (fast) or float32
+        (classic), as it sits in a batch."""
+        x = run_image(self.pipeline.per_image, self.refs[i], observer)
+        buf = new_buffer(1, x)
+        place = self.pipeline.place
+        if observer is None:
+            place.fn(x, buf[0])
+        else:
+            observer.place(place, x, buf[0])
+        return batch_tensor(buf)[0]
 
     def __getitem__(self, i: int):
         try:
-            item = self.load(i)
-            if self.path == "fast":  # HWC: the fast collate stacks into NHWC memory
-                item = item.permute(1, 2, 0)
-            return item, self.samples[i][1], i, None
+            return self.load(i), self.samples[i][1], i, None
         except ImageLoadError as exc:
             if self.on_bad_image == "error":
                 raise
             return None, self.samples[i][1], i, str(exc)
 
-    def __getitems__(self, indices: list[int]):
-        """A whole batch at once (the DataLoader calls this when it exists): the fast path
-        writes each image straight into one (N, S, S, 3) buffer - OpenCV's BGR to RGB
-        conversion lands in its batch slot - instead of one tensor per image and a stack."""
-        if self.path != "fast":
-            return [self[i] for i in indices]
-        size = self.pre.size
-        buf = np.empty((len(indices), size, size, 3), np.uint8)
-        kept, bad = [], []
+    def __getitems__(self, indices: list[int]) -> Batch:
+        """A whole batch at once (the DataLoader calls this): each image runs the per-image
+        stages and the placing stage writes it straight into its slot of one buffer (the
+        fast path's BGR to RGB conversion lands there) instead of a tensor per image and a
+        stack. A :class:`TraceRequest` traces the first image that loads."""
+        per_image, place = self.pipeline.per_image, self.pipeline.place.fn
+        tracer = StageTracer() if getattr(indices, "trace", False) else None
+        buf, kept, bad, records = None, [], [], None
         for i in indices:
             try:
-                bgr = decode_fast_bgr(self._read(i), self.samples[i][0], self.pre,
-                                      self.transform, self.limits, self._header(i))
-                cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=buf[len(kept)])  # stage 2, in place
+                x = run_image(per_image, self.refs[i], tracer)
+                if buf is None:
+                    buf = new_buffer(len(indices), x)
+                if tracer is None:
+                    place(x, buf[len(kept)])
+                else:
+                    tracer.place(self.pipeline.place, x, buf[len(kept)])
+                    records, tracer = trace_first_image(tracer, self.pipeline), None
                 kept.append(i)
             except ImageLoadError as exc:
                 if self.on_bad_image == "error":
                     raise
                 bad.append((i, str(exc)))
-        images = torch.from_numpy(buf[: len(kept)]).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
+                if tracer is not None:
+                    tracer = StageTracer()  # trace the next image instead
+        images = (batch_tensor(buf[: len(kept)]) if buf is not None
+                  else torch.empty((0, 3, 1, 1), dtype=torch.uint8))
         labels = torch.tensor([self.samples[i][1] for i in kept], dtype=torch.int64)
-        return Batch(images, labels, torch.tensor(kept, dtype=torch.int64), bad)
+        return Batch(images, labels, torch.tensor(kept, dtype=torch.int64), bad, records)
 
 
 @dataclass
@@ -193,9 +156,11 @@ class Batch:
     labels: torch.Tensor  # (N,) int64
     indices: torch.Tensor  # (N,) int64, positions in the dataset
     bad: list[tuple[int, str]]  # (dataset index, error message) of the files skipped
+    trace: list | None = None  # StageRecords of the first image, when the batch was traced
 
     def pin_memory(self) -> Batch:
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad)
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices, self.bad,
+                     self.trace)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -206,34 +171,49 @@ class Batch:
         # cheaper sent by value: +8% images/s at batch 256 and +26% at batch 32 with 2
         # workers on CIFAR-10. The images still travel through shared memory.
         return (_rebuild_batch, (self.images, self.labels.cpu().numpy(),
-                                 self.indices.cpu().numpy(), self.bad))
+                                 self.indices.cpu().numpy(), self.bad, self.trace))
 
 
 def _rebuild_batch(images: torch.Tensor, labels: np.ndarray, indices: np.ndarray,
-                   bad: list[tuple[int, str]]) -> Batch:
-    return Batch(images, torch.from_numpy(labels), torch.from_numpy(indices), bad)
+                   bad: list[tuple[int, str]], trace: list | None = None) -> Batch:
+    return Batch(images, torch.from_numpy(labels), torch.from_numpy(indices), bad, trace)
 
 
 def collate(items) -> Batch:
-    """Stack good items into one batch; list bad ones. An all-bad batch has N = 0.
-
-    Fast-path items are (S, S, 3) uint8 and stack into NHWC memory (an (N, 3, S, S) view
-    with channels_last strides); classic items are (3, S, S) float32. A :class:`Batch`
-    already built by ``ImageDataset.__getitems__`` passes through.
-    """
+    """Stack ``__getitem__`` items into one batch and list the bad ones (N = 0 when all are
+    bad); a :class:`Batch` built by ``ImageDataset.__getitems__`` passes through."""
     if isinstance(items, Batch):
         return items
     good = [it for it in items if it[3] is None]
     bad = [(it[2], it[3]) for it in items if it[3] is not None]
-    if not good:
-        images = torch.empty((0, 3, 1, 1), dtype=torch.uint8)
-    elif good[0][0].dtype == torch.uint8:
-        images = torch.stack([it[0] for it in good]).permute(0, 3, 1, 2)
-    else:
-        images = torch.stack([it[0] for it in good])
+    images = (torch.stack([it[0] for it in good]) if good
+              else torch.empty((0, 3, 1, 1), dtype=torch.uint8))
     labels = torch.tensor([it[1] for it in good], dtype=torch.int64)
     indices = torch.tensor([it[2] for it in good], dtype=torch.int64)
     return Batch(images, labels, indices, bad)
+
+
+class TracingBatchSampler(BatchSampler):
+    """A BatchSampler that marks the next batch for tracing after :meth:`trace_next`.
+
+    It runs in the main process; the mark (a :class:`TraceRequest`) travels with the indices
+    to whichever process loads the batch, so the first batch is traced where and as it is
+    really loaded, with workers too.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool):
+        super().__init__(sampler, batch_size, drop_last)
+        self._trace = False
+
+    def trace_next(self) -> None:
+        self._trace = True
+
+    def __iter__(self):
+        for indices in super().__iter__():
+            if self._trace:
+                self._trace = False
+                indices = TraceRequest(indices)
+            yield indices
 
 
 def worker_init(_worker_id: int) -> None:
@@ -249,18 +229,20 @@ def worker_init(_worker_id: int) -> None:
 
 def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed: int = 0,
                 sampler=None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` yielding :class:`Batch` objects."""
+    """A DataLoader over ``dataset`` yielding :class:`Batch` objects; its ``batch_sampler``
+    is a :class:`TracingBatchSampler` (``loader.batch_sampler.trace_next()`` traces the next
+    batch's first image)."""
     pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
     generator = torch.Generator().manual_seed(seed)
+    if sampler is None:
+        sampler = (RandomSampler(dataset, generator=generator) if shuffle
+                   else SequentialSampler(dataset))
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
+        batch_sampler=TracingBatchSampler(sampler, cfg.batch_size, drop_last),
         num_workers=cfg.workers,
         collate_fn=collate,
         pin_memory=pin,
-        drop_last=drop_last,
         worker_init_fn=worker_init if cfg.workers > 0 else None,
         # Fresh workers each epoch: their seeds then come from the generator we reseed per
         # epoch, so shuffling and per-image augmentation are the same with or without
@@ -273,21 +255,18 @@ def make_loader(dataset: ImageDataset, cfg: LoaderConfig, *, shuffle: bool, seed
 
 def to_model_input(images: torch.Tensor, pre: Preprocess, *, device: torch.device | str = "cpu",
                    channels_last: bool = False, augment: BatchAugment | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, observer=None,
+                   fast: bool | None = None) -> torch.Tensor:
     """Batch -> the model's input: (N, 3, S, S) float32 normalized, on ``device``.
 
-    uint8 batches cross to the device first (4x fewer bytes), then are normalized there.
+    Runs the pipeline's batch stages (``pipeline.batch_stages``): a fast-path batch (uint8;
+    ``fast`` says so, else its dtype does) crosses to the device first (4x fewer bytes) and
+    is normalized (and augmented) there; a classic batch is already normalized.
     """
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        x = normalize_batch(images, pre.mean, pre.std, channels_last=channels_last)
-        if augment is not None:
-            x = augment(x, generator)
-    else:
-        x = images.float()
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    fast = images.dtype == torch.uint8 if fast is None else fast
+    stages = batch_stages(pre, uint8=fast, device=device, channels_last=channels_last,
+                          augment=augment)
+    return run_batch(stages, images, generator, observer)
 
 
 def split_samples(samples: list[tuple[str, int]], fraction: float, seed: int

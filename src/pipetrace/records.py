@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from .checks import Finding
 from .config import TrainConfig
 from .distributed import DistInfo, RankRecord
 from .model import ModelConfig
 from .observations import Point
-from .trace import StageRecord
+from .trace import DataFlow
 from .transforms import Preprocess
 
 
@@ -50,8 +49,7 @@ class TrainResult:
     model_config: ModelConfig
     records: list[EpochRecord]
     confusion: list[list[int]]  # [true][predicted] counts on the validation set
-    stages: list[StageRecord]  # the data flow as it ran (first batch)
-    stage_pictures: dict[int, np.ndarray]  # thumbnail as each stage left it, (H, W, 3) uint8
+    flow: DataFlow | None  # the data flow as it ran: the run's first batch, traced
     probes: list[dict]  # sampled model-input statistics
     bad_files: list[tuple[str, str]]  # (path, reason) skipped
     params: int
@@ -60,6 +58,7 @@ class TrainResult:
     dataset: dict = field(default_factory=dict)  # split layout and counts
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
+    findings: list[Finding] = field(default_factory=list)  # what the checks found in this run
 
     @property
     def per_class_accuracy(self) -> list[float | None]:

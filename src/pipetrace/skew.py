@@ -11,15 +11,11 @@ summary statistics; a bug is named only when planting it reproduces the user's n
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,9 +23,12 @@ import torch
 from torchvision.transforms import v2
 
 from .checks import exif_orientation
-from .images import bgr_to_rgb, decode_bgr, read_bytes
+from .images import bgr_to_rgb
+from .pipeline import decoded_rgb
 from .predict import LoadedModel
 from .transforms import Preprocess, fast_transform, hwc_to_chw, interpolation_mode
+from .usercode import UserCodeError as SkewInputError  # the name callers catch
+from .usercode import load_user_function  # noqa: F401 (re-exported)
 
 MATCH_LEVELS = 2.0  # RMS difference below this many grey levels (0-255 steps) is a match
 TIE_LEVELS = 0.5  # hypotheses within half a grey level of the best: the simplest one wins
@@ -67,55 +66,6 @@ BUGS: dict[str, tuple[str, str]] = {
     "unexplained": ("a difference that none of the known bugs reproduces",
                     "compare your steps with the contract: {contract}"),
 }
-
-
-class SkewInputError(ValueError):
-    """The user's function cannot be imported, fails, or returns something unusable."""
-
-
-# -- the user's function -------------------------------------------------------------------------
-
-def load_user_function(spec: str) -> Callable[[str], object]:
-    """``'my_module:my_function'`` or ``'path/to/file.py:my_function'`` -> the function.
-
-    A module name is imported normally (installed, or on ``PYTHONPATH``); if that fails and
-    ``my_module.py`` (dots as folders) exists under the current folder, that file is loaded.
-    """
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name:
-        raise SkewInputError(f"--preprocess expects MODULE:FUNCTION or FILE.py:FUNCTION, "
-                             f"got {spec!r}")
-    file = Path(target) if target.endswith(".py") else Path(*target.split(".")).with_suffix(".py")
-    try:
-        if target.endswith(".py"):
-            module = _module_from_file(file)
-        else:
-            try:
-                module = importlib.import_module(target)
-            except ModuleNotFoundError as exc:
-                if exc.name != target.split(".")[0] or not file.is_file():
-                    raise
-                module = _module_from_file(file)
-    except SkewInputError:
-        raise
-    except Exception as exc:  # the user's import can raise anything; one line, exit 2
-        raise SkewInputError(f"cannot import {target!r}: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise SkewInputError(f"{target!r} has no function {name!r}")
-    return fn
-
-
-def _module_from_file(file: Path):
-    if not file.is_file():
-        raise SkewInputError(f"no such file {str(file)!r}")
-    name = f"pipetrace_user_{file.stem}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling in the user's file need this
-    spec.loader.exec_module(module)
-    return module
 
 
 def as_tensor(out: object, where: str) -> torch.Tensor:
@@ -388,8 +338,7 @@ def check_image(lm: LoadedModel, fn: Callable[[str], object], path: str, name: s
     ref = lm.input_for(path)[0]  # (3, S, S) float32, normalized
     mean = torch.tensor(pre.mean).view(3, 1, 1)
     std = torch.tensor(pre.std).view(3, 1, 1)
-    data = read_bytes(path)
-    rgb = bgr_to_rgb(decode_bgr(data, path))  # full-size decode, as apps do
+    data, rgb = decoded_rgb(path)  # the pipeline's load + convert stages at full size, as apps do
     sources = [((), ref * std + mean)]  # the pipeline's own output, back to 0-1 RGB
     sources += [(bugs, g.float() / 255) for bugs, g in geometries(rgb, data, pre)]
     fits = fit_hypotheses(user, sources, pre)

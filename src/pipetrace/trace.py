@@ -1,24 +1,31 @@
 """The stage trace: what each stage of the data flow took in, did, and gave out.
 
-Every record is measured from the objects that really flowed (shapes, dtypes, ranges,
-per-channel statistics, time), never filled from a template. Channel order is *checked*,
-not assumed, wherever an independent PIL decode of the same file is at hand.
+Tracing is an observer. :class:`StageTracer` wraps the stage objects of a declared
+:class:`~pipetrace.pipeline.Pipeline` while the loader runs them (in a worker process too):
+it times each call and summarizes what went in and what came out (shape, dtype, layout,
+channel order, range, per-channel statistics, a digest of the bytes, a thumbnail). So the
+order, the operation names and the timings in the trace are those of the code that ran;
+nothing here restates the pipeline. Channel order is *measured* against an independent PIL
+decode of the same file wherever the geometry allows, and carried through the stages that
+declare they swap it otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from . import images
-from .transforms import Preprocess, classic_transform, denormalize
+from .pipeline import SEED_STAGES, Encoded, FileRef, Pipeline, Stage, new_buffer
+from .transforms import Preprocess, denormalize
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,14 @@ class Summary:
     mean: tuple[float, ...] = ()  # per channel, in channel_order
     std: tuple[float, ...] = ()
     nbytes: int = 0
+    digest: str = ""  # first 16 hex digits of the SHA-1 of the bytes (traced images only)
 
     def short(self) -> str:
         """One line: ``3 x 224 x 224 float32 CHW RGB [-2.12, 2.64]``."""
-        if self.layout == "bytes":
-            return f"file, {self.nbytes:,} bytes"
+        if self.layout == "items":
+            return f"{self.pytype} of {self.shape[0]} items"
+        if self.layout in ("bytes", "file"):
+            return f"{'file' if self.layout == 'file' else self.dtype}, {self.nbytes:,} bytes"
         dims = " x ".join(str(d) for d in self.shape)
         rng = "" if self.min is None else f" [{_fmt(self.min)}, {_fmt(self.max)}]"
         order = "" if self.channel_order == "?" else f" {self.channel_order}"
@@ -54,21 +64,34 @@ def _fmt(v: float) -> str:
 class StageRecord:
     """One stage of the data flow, as it really ran."""
 
-    index: int  # 1-5, the seed's stage number
-    name: str  # "Load image", "Convert format", ...
-    library: str  # "OpenCV", "OpenCV + PIL", "torchvision", "PyTorch"
-    operation: str  # the calls made, e.g. "cv2.imdecode(IMREAD_COLOR)"
+    index: int  # 1-based position in the order the stages ran
+    seed: int  # the seed's stage it belongs to: 1 load, 2 convert, 3 transform, 4 batch, 5 train
+    name: str  # the stage's name, e.g. "Decode", or the transform's class name
+    library: str  # who did the work: "Python", "OpenCV", "PIL", "torchvision", "PyTorch"
+    operation: str  # the call, as the stage object describes itself
     input: Summary
     output: Summary
-    micros_per_item: float  # wall time per image, microseconds
+    micros_per_item: float  # wall time of this call per image, microseconds
+    scope: str = "image"  # "image" (one file's image) or "batch" (the whole batch)
     note: str = ""
+    caption: str = ""  # what the picture shows, when it needs saying
+    picture: np.ndarray | None = field(default=None, repr=False, compare=False)  # (h, w, 3) uint8
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data (the picture is left to the views: a PNG in trace.json)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "picture"}
+        return {**d, "input": asdict(self.input), "output": asdict(self.output)}
 
 
 def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Summary:
     """Measure an object of the pipeline: bytes, an HWC array, a PIL image or a tensor."""
+    if isinstance(obj, FileRef):
+        size = obj.stamp[0] if obj.stamp else 0
+        return Summary("file", (), "-", "file", "?", nbytes=size)
+    if isinstance(obj, Encoded):
+        fmt = obj.header[0].upper() if obj.header else "encoded"
+        return Summary("bytes", (len(obj.data),), f"{fmt} bytes", "bytes", "?",
+                       nbytes=len(obj.data))
     if isinstance(obj, bytes | bytearray):
         return Summary("bytes", (len(obj),), "bytes", "bytes", "?", nbytes=len(obj))
     if isinstance(obj, Image.Image):
@@ -153,182 +176,10 @@ def pil_reference_rgb(data: bytes) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def _timed(fn: Callable, *args, repeat: int = 1):
-    """Run fn(*args) ``repeat`` times (after one warm-up call when repeat > 1); return
-    (last result, mean microseconds per call)."""
-    if repeat > 1:
-        fn(*args)
-    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
-    sync()  # GPU work is asynchronous: time what ran, not what was queued
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        out = fn(*args)
-    sync()
-    return out, (time.perf_counter() - t0) / repeat * 1e6
 
+# -- pictures --------------------------------------------------------------------------------------
 
-PLANTS = ("bgr", "no-normalize", "double-normalize", "hwc", "0-255", "uint8")
-
-
-def seed_chain(pre: Preprocess, plant: str | None = None) -> list:
-    """The seed's stage-3 chain (v2), optionally with a classic bug planted in it."""
-    from torchvision.transforms import v2
-
-    chain = list(classic_transform(pre, train=False).transforms)  # geometry, ToImage, ToDtype, Normalize
-    if plant == "no-normalize":
-        chain = chain[:-1]
-    elif plant == "double-normalize":
-        chain = [*chain, chain[-1]]
-    elif plant == "0-255":
-        chain = [*chain[:-3], v2.ToImage(), v2.ToDtype(torch.float32, scale=False)]
-    elif plant == "uint8":
-        chain = chain[:-2]
-    return chain
-
-
-def trace_image(path: str, pre: Preprocess, *, batch: int = 1, repeat: int = 3,
-                limits: images.LoadLimits = images.LoadLimits(), plant: str | None = None
-                ) -> tuple[list[StageRecord], dict]:
-    """Stages 1-4 of the seed's chain for one real image, measured.
-
-    Returns the four records and the stage outputs (``bgr``, ``rgb``, ``pil``, ``tensor``,
-    ``batch``, ``reference_rgb``) for pictures and checks. Stage 4 stacks ``batch`` copies.
-    ``plant`` puts one classic bug into the chain (see ``PLANTS``) to show how it is caught.
-    """
-    if plant is not None and plant not in PLANTS:
-        raise ValueError(f"unknown bug to plant {plant!r}; choose from {PLANTS}")
-    from torchvision.transforms import v2
-
-    data = images.read_bytes(path)
-    bgr, t1 = _timed(images.decode_bgr, data, path, repeat=repeat)
-    reference = pil_reference_rgb(data)
-    convert = (lambda a: a.copy()) if plant == "bgr" else images.bgr_to_rgb
-    rgb, t2a = _timed(convert, bgr, repeat=repeat)
-    pil, t2b = _timed(images.rgb_to_pil, rgb, repeat=repeat)
-    chain = seed_chain(pre, plant)
-    transform = v2.Compose(chain)
-    tensor, t3 = _timed(lambda p: transform(p).as_subclass(torch.Tensor), pil, repeat=repeat)
-    if plant == "hwc":
-        tensor = tensor.permute(1, 2, 0)
-    stacked, t4 = _timed(lambda t: torch.stack([t] * batch), tensor, repeat=repeat)
-    order1 = detect_channel_order(bgr, reference)
-    order2 = detect_channel_order(np.asarray(pil), reference)
-    steps = " -> ".join(type(t).__name__ for t in chain)
-    op2 = ("PIL.Image.fromarray (cvtColor skipped!)" if plant == "bgr"
-           else "cv2.cvtColor(COLOR_BGR2RGB) + PIL.Image.fromarray")
-    records = [
-        StageRecord(1, "Load image", "OpenCV", "read bytes + cv2.imdecode(IMREAD_COLOR)",
-                    summarize(data), summarize(bgr, channel_order=order1), t1,
-                    "NumPy array, height x width x channels; OpenCV's order is BGR"),
-        StageRecord(2, "Convert format", "OpenCV + PIL", op2,
-                    summarize(bgr, channel_order=order1), summarize(pil, channel_order=order2),
-                    t2a + t2b, "channels reversed to RGB; now a PIL image torchvision accepts"),
-        StageRecord(3, "Apply transformations", "torchvision", f"transforms.v2: {steps}"
-                    + (" + permute(1, 2, 0)" if plant == "hwc" else ""),
-                    summarize(pil, channel_order=order2),
-                    summarize(tensor, channel_order=order2), t3,
-                    f"channels first; scaled to 0-1, then normalized with mean "
-                    f"{_triple(pre.mean)} and std {_triple(pre.std)}" if plant is None else
-                    f"planted bug: {plant}"),
-        StageRecord(4, "Batch images", "PyTorch", f"torch.stack of {batch} image(s)",
-                    summarize(tensor, channel_order=order2),
-                    summarize(stacked, channel_order=order2), t4 / batch,
-                    "N x C x H x W: the model's input"),
-    ]
-    outputs = {"bgr": bgr, "rgb": rgb, "pil": pil, "tensor": tensor, "batch": stacked,
-               "reference_rgb": reference, "data": data}
-    return records, outputs
-
-
-def trace_model_stage(x: torch.Tensor, model=None, classes: list[str] | None = None
-                      ) -> StageRecord:
-    """Stage 5 for one batch: a trained model's forward pass, or one training step of a
-    freshly initialised built-in CNN (to show the shapes and the cost of a step)."""
-    from .model import ModelConfig, build_model
-
-    x = x.float()
-    if model is not None:
-        model.eval()
-        with torch.no_grad():
-            out, t = _timed(model, x)
-        probs = torch.softmax(out.float(), 1)[0]
-        top = probs.topk(min(3, probs.numel()))
-        names = [classes[int(i)] if classes else str(int(i)) for i in top.indices]
-        text = ", ".join(f"{n} {float(p):.3f}" for n, p in zip(names, top.values, strict=True))
-        return StageRecord(5, "Model forward", "PyTorch", "model(x) + softmax", summarize(x),
-                           summarize(out), t / x.shape[0], f"top classes: {text}")
-    net = build_model(ModelConfig("pipenet-s", 4))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    target = torch.zeros(x.shape[0], dtype=torch.int64)
-
-    def step(inp):
-        loss = torch.nn.functional.cross_entropy(net(inp), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-
-    loss, t = _timed(step, x)
-    params = sum(p.numel() for p in net.parameters())
-    return StageRecord(5, "Model training", "PyTorch",
-                       "pipenet-s (random weights): forward, cross-entropy, backward, SGD step",
-                       summarize(x), Summary("metrics", (), "float32", "-", "?"),
-                       t / x.shape[0], f"one step: loss {float(loss.detach()):.3f}, {params:,} weights "
-                       "updated (no trained model given: use --model RUN_DIR)")
-
-
-def _triple(v: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
-
-
-def train_stage_record(batch_summary: Summary, *, loss: float, accuracy: float, params: int,
-                       micros_per_item: float, model_name: str) -> StageRecord:
-    """Stage 5 as it ran: the model's input batch and what training made of it."""
-    out = Summary("metrics", (), "float32", "-", "?", min=None, max=None)
-    return StageRecord(
-        5, "Model training", "PyTorch", f"{model_name}: forward, cross-entropy, backward, step",
-        batch_summary, out, micros_per_item,
-        f"{params:,} weights updated; loss {loss:.3f}, accuracy {accuracy:.3f} (last epoch)")
-
-
-@dataclass
-class BatchProbe:
-    """Sampled statistics of the batches the model really received during training."""
-
-    every: int = 50  # sample the first batch, then every N-th
-    samples: list[dict] = field(default_factory=list)  # {"step", "summary"}
-
-    def wants(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
-
-    def record(self, step: int, x: torch.Tensor, channel_order: str) -> None:
-        self.samples.append({"step": step, "summary": asdict(summarize(x, channel_order=channel_order))})
-
-
-def trace_transforms(transform, image) -> list[StageRecord]:
-    """Trace any torchvision transform chain on one image: one record per transform.
-
-    ``transform`` is a ``v2.Compose`` (or ``transforms.Compose``) or a list of callables;
-    ``image`` a PIL image, an HWC array or a tensor.
-    """
-    steps = getattr(transform, "transforms", transform)
-    records, x = [], image
-    for i, step in enumerate(steps, start=1):
-        before = summarize(x)
-        y, micros = _timed(step, x)
-        records.append(StageRecord(i, type(step).__name__, _library_of(step), repr(step),
-                                   before, summarize(y), micros))
-        x = y
-    return records
-
-
-def _library_of(obj) -> str:
-    mod = type(obj).__module__.split(".")[0]
-    return {"torchvision": "torchvision", "torch": "PyTorch", "PIL": "PIL", "cv2": "OpenCV"}.get(
-        mod, mod)
-
-
-def thumbnail(hwc: np.ndarray, max_side: int = 160) -> np.ndarray:
+def thumbnail(hwc: np.ndarray, max_side: int = 128) -> np.ndarray:
     """A small copy of an (H, W, 3) uint8 picture for reports (area-averaged when shrinking)."""
     h, w = hwc.shape[:2]
     scale = max_side / max(h, w)
@@ -346,71 +197,372 @@ def chw_picture(t: torch.Tensor, pre: Preprocess) -> np.ndarray:
     return t.permute(1, 2, 0).contiguous().numpy()
 
 
-def trace_sample(dataset, batch, *, device="cpu", channels_last: bool = False,
-                 augment=None) -> tuple[list[StageRecord], dict[int, np.ndarray]]:
-    """Stages 1-4 as the training loader really runs them, for the first image of ``batch``.
 
-    Stages 1-3 re-run the dataset's own functions on that image (so their outputs equal
-    what the loader produced); stage 4 measures the real batch turned into model input.
-    Also returns a thumbnail of the picture as it leaves each stage (stage 1's BGR array
-    shown as if it were RGB, which is what mixing the orders up looks like).
-    """
-    from .data import to_model_input  # data imports trace's helpers; keep the cycle lazy
-    from .transforms import hwc_to_chw, resize_uint8
+def display_picture(obj, stats: tuple | None = None) -> np.ndarray | None:
+    """Best-effort (H, W, 3) uint8 picture of a stage's output, as its bytes would look
+    shown as RGB (a BGR array shows red and blue swapped); float tensors are de-normalized
+    with ``stats`` = (mean, std) when they hold negative values. None: not a picture."""
+    if isinstance(obj, Image.Image):
+        return np.asarray(obj.convert("RGB"))
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    if not isinstance(obj, torch.Tensor):
+        return None
+    t = obj.detach().cpu().as_subclass(torch.Tensor)
+    if t.ndim == 4:
+        t = t[0]
+    if t.ndim != 3:
+        return None
+    if t.shape[0] in (1, 3) and t.shape[-1] not in (1, 3):
+        t = t.permute(1, 2, 0)  # CHW -> HWC
+    if t.shape[-1] == 1:
+        t = t.expand(-1, -1, 3)
+    if t.shape[-1] != 3:
+        return None
+    if t.dtype != torch.uint8:
+        t = t.float()
+        if float(t.min()) < -0.01 and stats is not None:
+            m, s = (torch.tensor(v, dtype=torch.float32) for v in stats)
+            t = t * s + m
+        elif float(t.max()) > 1.5:  # 0-255 floats
+            t = t / 255
+        t = (t * 255).round().clamp(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(t.numpy())
 
-    pre = dataset.pre
-    path = dataset.samples[int(batch.indices[0])][0]
-    data = images.read_bytes(path)
-    fast = dataset.path == "fast"
-    min_side = pre.resize_size if fast else None
-    bgr, t1 = _timed(lambda d: images.decode_bgr(d, path, limits=dataset.limits,
-                                                 min_side=min_side), data, repeat=3)
-    full = images.decode_bgr(data, path) if fast else bgr  # a reduced decode is smaller
-    reduced = full.shape != bgr.shape
-    order1 = detect_channel_order(full, pil_reference_rgb(data))
-    rgb, t2a = _timed(images.bgr_to_rgb, bgr, repeat=3)
-    order2 = "RGB" if order1 == "BGR" else ("BGR" if order1 == "RGB" else "?")
-    if fast:
-        chw, t2b = _timed(hwc_to_chw, rgb, repeat=3)
-        out2 = summarize(chw, channel_order=order2)
-        op2 = "cv2.cvtColor(COLOR_BGR2RGB) + torch.from_numpy().permute(2, 0, 1)"
-        note2 = "fast path: stays a uint8 tensor (a view, no copy); PIL is skipped"
-        item, t3 = _timed(lambda c: resize_uint8(c, pre, dataset.transform), chw, repeat=3)
-        in3 = out2
-        note3 = ("fast path: resize/crop in uint8 (antialiased, as PIL); float conversion "
-                 "and Normalize happen once per batch in stage 4")
+
+def _digest(obj) -> str:
+    if isinstance(obj, Encoded):
+        data = obj.data
+    elif isinstance(obj, Image.Image):
+        data = obj.tobytes()
+    elif isinstance(obj, torch.Tensor):
+        data = obj.detach().cpu().contiguous().as_subclass(torch.Tensor).numpy().tobytes()
+    elif isinstance(obj, np.ndarray):
+        data = np.ascontiguousarray(obj).tobytes()
     else:
-        pil, t2b = _timed(images.rgb_to_pil, rgb, repeat=3)
-        out2 = summarize(pil, channel_order=order2)
-        op2 = "cv2.cvtColor(COLOR_BGR2RGB) + PIL.Image.fromarray"
-        note2 = "channels reversed to RGB; now a PIL image torchvision accepts"
-        item, t3 = _timed(lambda p: dataset.transform(p).as_subclass(torch.Tensor), pil,
-                          repeat=3)
-        in3 = out2
-        note3 = (f"channels first; scaled to 0-1, normalized with mean {_triple(pre.mean)} "
-                 f"and std {_triple(pre.std)}")
-    steps = " -> ".join(type(t).__name__ for t in dataset.transform.transforms) or "none"
-    n = len(batch)
-    _, t_stack = _timed(lambda imgs: torch.stack(list(imgs)), batch.images, repeat=3)
-    x, t_norm = _timed(lambda b: to_model_input(b, pre, device=device, channels_last=channels_last,
-                                                augment=augment), batch.images, repeat=3)
-    op4 = (f"torch.stack of {n} images" + (" + batch ToDtype/Normalize" if fast else "")
-           + (f" + batch augment ({augment.augment})" if fast and augment and
-              augment.augment != "none" else "")
-           + (" + channels_last" if channels_last else ""))
-    pictures = {1: thumbnail(bgr), 2: thumbnail(rgb), 3: thumbnail(chw_picture(item, pre)),
-                4: thumbnail(chw_picture(x[0], pre))}
-    return [
-        StageRecord(1, "Load image", "OpenCV",
-                    "read bytes + cv2.imdecode(IMREAD_" + ("REDUCED_COLOR)" if reduced else "COLOR)"),
-                    summarize(data), summarize(bgr, channel_order=order1), t1,
-                    "NumPy array, height x width x channels; OpenCV's order is BGR"),
-        StageRecord(2, "Convert format", "OpenCV" + ("" if fast else " + PIL"), op2,
-                    summarize(bgr, channel_order=order1), out2, t2a + t2b, note2),
-        StageRecord(3, "Apply transformations", "torchvision", f"transforms.v2: {steps}",
-                    in3, summarize(item, channel_order=pre.colour_order), t3, note3),
-        StageRecord(4, "Batch images", "PyTorch", op4,
-                    summarize(item, channel_order=pre.colour_order),
-                    summarize(x, channel_order=pre.colour_order), (t_stack + t_norm) / n,
-                    f"N x C x H x W: the model's input, {n} images"),
-    ], pictures
+        return ""
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+# -- the tracer ------------------------------------------------------------------------------------
+
+def _sync() -> None:
+    if torch.cuda.is_initialized():  # GPU work is asynchronous: time what ran, not what was queued
+        torch.cuda.synchronize()
+
+
+def _hwc_uint8(obj) -> np.ndarray | None:
+    """An image-like uint8 object as an (H, W, 3) array view, for the channel-order check."""
+    if isinstance(obj, Image.Image):
+        return np.asarray(obj) if obj.mode == "RGB" else None
+    if isinstance(obj, torch.Tensor):
+        if obj.dtype != torch.uint8 or obj.ndim != 3 or obj.device.type != "cpu":
+            return None
+        obj = obj.as_subclass(torch.Tensor)
+        obj = (obj.permute(1, 2, 0) if obj.shape[0] == 3 and obj.shape[-1] != 3 else obj).numpy()
+    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 3 \
+            and obj.shape[-1] == 3:
+        return obj
+    return None
+
+
+def measured_order(obj, reference: np.ndarray | None, stats: tuple | None = None) -> str:
+    """'RGB' or 'BGR' when ``obj`` can be compared with the reference decode, else '?'.
+
+    The reference is resized to the object's size when only the scale differs (a reduced
+    decode); a crop changes the geometry, and then nothing is claimed. A float image is
+    compared after undoing Normalize with ``stats`` = (mean, std)."""
+    arr = _hwc_uint8(obj)
+    if arr is None and isinstance(obj, torch.Tensor | np.ndarray) and reference is not None:
+        arr = display_picture(obj, stats) if getattr(obj, "ndim", 0) == 3 else None
+    if arr is None or reference is None:
+        return "?"
+    (h, w), (rh, rw) = arr.shape[:2], reference.shape[:2]
+    if (h, w) != (rh, rw):
+        if abs(h / w - rh / rw) > 0.015 * rh / rw or h > rh:
+            return "?"
+        reference = cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA)
+    return detect_channel_order(arr, reference)
+
+
+_FLIP = {"RGB": "BGR", "BGR": "RGB"}
+
+
+class StageTracer:
+    """Observes stages while they run: times each call, records what went in and came out.
+
+    The loader calls ``call(stage, x[, generator])`` and ``place(stage, x, out)`` instead of
+    the stage's function when tracing is on (see ``pipeline.run_image``); everything else
+    about the run is unchanged. ``scope="batch"`` for the stages that run on a whole batch.
+    """
+
+    def __init__(self, *, scope: str = "image", order: str = "?", stats: tuple | None = None,
+                 first_index: int = 1):
+        self.scope = scope
+        self.order = order  # channel order of what flows now, measured or carried
+        self.stats = stats  # (mean, std): de-normalizes float pictures for display
+        self.records: list[StageRecord] = []
+        self.reference: np.ndarray | None = None  # an independent PIL decode of the file
+        self.source = ""  # the traced file
+        self.first_input = None  # what the first stage received
+        self.rng_state: torch.Tensor | None = None  # torch's RNG when the trace began
+        self.first_index = first_index
+
+    def call(self, stage: Stage, x, *args):
+        if self.first_input is None:
+            self.first_input, self.rng_state = x, torch.get_rng_state()
+        _sync()
+        t0 = time.perf_counter()
+        y = stage.fn(x, *args)
+        _sync()
+        self._add(stage, x, y, time.perf_counter() - t0)
+        return y
+
+    def place(self, stage: Stage, x, out) -> None:
+        """The placing stage: ``stage.fn(x, out)`` writes the image into its batch slot."""
+        t0 = time.perf_counter()
+        stage.fn(x, out)
+        self._add(stage, x, out, time.perf_counter() - t0)
+
+    def _add(self, stage: Stage, x, y, seconds: float) -> None:
+        if isinstance(x, FileRef):
+            self.source = x.path
+        if isinstance(x, Encoded) and self.reference is None:
+            try:
+                self.reference = pil_reference_rgb(x.data)
+            except Exception:  # PIL cannot read it: the order is carried, not measured
+                self.reference = None
+        x, y = image_part(x), image_part(y)  # an item (image, label) or a dict: its image
+        if not self.records and self.order == "?" and self.scope == "image":
+            self.order = measured_order(x, self.reference, self.stats)  # the first input
+        order_in = self.order
+        carried = ("?" if stage.opaque else
+                   _FLIP.get(self.order, "?") if stage.swaps_channels else self.order)
+        measured = (measured_order(y, self.reference, self.stats) if self.scope == "image"
+                    else "?")
+        self.order = measured if measured != "?" else carried
+        n = y.shape[0] if self.scope == "batch" and getattr(y, "ndim", 0) == 4 else 1
+        out = summarize_any(y, self.order)
+        if self.scope == "image":
+            out = Summary(**{**asdict(out), "digest": _digest(y)})
+        picture = display_picture(y, self.stats)
+        caption = ""
+        if picture is not None and self.order == "BGR":
+            caption = "BGR bytes shown as RGB: red and blue trade places"
+        elif picture is not None and out.min is not None and out.min < 0:
+            caption = "de-normalized for display"
+        self.records.append(StageRecord(
+            self.first_index + len(self.records), stage.seed, stage.name, stage.library,
+            stage.operation, summarize_any(x, order_in), out, seconds * 1e6 / max(n, 1),
+            self.scope, caption=caption,
+            picture=thumbnail(picture) if picture is not None else None))
+
+
+def image_part(obj):
+    """The image inside a dataset item or a batch: ``(image, label)`` -> image, an
+    albumentations dict -> its ``"image"``; anything else is itself."""
+    if isinstance(obj, dict) and "image" in obj:
+        return obj["image"]
+    if isinstance(obj, list | tuple) and obj and not isinstance(obj, FileRef | Encoded):
+        for part in obj:
+            if isinstance(part, torch.Tensor | np.ndarray | Image.Image) and \
+                    getattr(part, "ndim", 2) >= 2:
+                return part
+    return obj
+
+
+def summarize_any(obj, channel_order: str = "?") -> Summary:
+    """:func:`summarize`, or a one-field summary of something that is not an image."""
+    if isinstance(obj, list | tuple) and not isinstance(obj, FileRef | Encoded):
+        return Summary(type(obj).__name__, (len(obj),), "items", "items", "?")
+    try:
+        return summarize(obj, channel_order=channel_order)
+    except TypeError:
+        return Summary(type(obj).__module__ + "." + type(obj).__qualname__, (), "-", "-", "?")
+
+
+class TracedImage(NamedTuple):
+    """The trace of one image through the per-image and placing stages of a batch."""
+
+    source: str  # the file
+    records: list[StageRecord]
+    seed_order_same: bool | None  # re-run in the seed's order gives the same bytes? None: n/a
+
+
+def trace_first_image(tracer: StageTracer, pipeline: Pipeline) -> TracedImage:
+    """Finish an image trace; if the pipeline's steps ran out of the seed's order, re-run
+    them in that order on the same input (same random state) and compare the bytes."""
+    same = None
+    seeds = [s.seed for s in pipeline.stages]
+    if seeds != sorted(seeds) and tracer.first_input is not None:
+        ordered = sorted(pipeline.stages, key=lambda s: s.seed)  # stable: same-stage order kept
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(tracer.rng_state)
+            x = tracer.first_input
+            for stage in ordered:
+                if stage is pipeline.place:
+                    out = new_buffer(1, x)[0]
+                    stage.fn(x, out)
+                    x = out
+                else:
+                    x = stage.fn(x)
+        same = _digest(x) == tracer.records[-1].output.digest
+    return TracedImage(tracer.source, tracer.records, same)
+
+
+# -- the data flow of a run ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataFlow:
+    """The stages one image and its batch went through, in the order they ran."""
+
+    path: str  # the loader path that ran: "fast", "classic", "seed", "seed+bgr", "dataset"
+    source: str  # the traced file ("" when unknown)
+    stages: list[StageRecord]
+    seed_order_same: bool | None = None  # steps re-run in the seed's order: same bytes?
+    order: str = ""  # one line: how the order that ran maps onto the seed's five stages
+    timing: str = "one call each"  # what the times are: which call, warm or cold
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "source": self.source, "order": self.order,
+                "seed_order_same": self.seed_order_same, "timing": self.timing,
+                "seed_stages": {str(k): v for k, v in SEED_STAGES.items()},
+                "stages": [s.to_dict() for s in self.stages]}
+
+    def extended(self, more: Sequence[StageRecord]) -> DataFlow:
+        """The same flow with later steps (e.g. a model's forward pass) appended."""
+        return flow_of(self.path, self.source, [*self.stages, *more], self.seed_order_same,
+                       self.timing)
+
+    def model_input(self) -> Summary | None:
+        """What the model received: the output of the last stage before stage 5."""
+        before = [s for s in self.stages if s.seed < 5]
+        return before[-1].output if before else None
+
+    def image_order(self) -> str:
+        """Channel order of the image as it entered the batch."""
+        images = [s for s in self.stages if s.scope == "image"]
+        return images[-1].output.channel_order if images else "?"
+
+
+def _dims(s: Summary) -> str:
+    return " x ".join(str(d) for d in s.shape)
+
+
+def order_note(stages: Sequence[StageRecord], seed_order_same: bool | None = None) -> str:
+    """One line on how the stages' run order maps onto the seed's five, from the records."""
+    if not stages:
+        return ""
+    runs = [stages[0].seed]
+    for s in stages[1:]:
+        if s.seed != runs[-1]:
+            runs.append(s.seed)
+    ran = " -> ".join(SEED_STAGES.get(n, str(n)) for n in runs)
+    if runs == sorted(runs):
+        return f"Ran in the seed's order: {ran}."
+    clauses, latest = [], stages[0]
+    for s in stages[1:]:
+        if s.seed < latest.seed:
+            what = f"on {_dims(s.input)}" if s.input.shape else ""
+            clause = f"{s.name} (stage {s.seed}) after {latest.name} (stage {latest.seed}) {what}"
+            if s.scope == "image" and seed_order_same is not None:
+                clause += (", the same bytes as in the seed's order (checked on this image)"
+                           if seed_order_same else
+                           ", NOT the same bytes as in the seed's order (checked on this image)")
+            clauses.append(clause.strip())
+        if s.seed > latest.seed:
+            latest = s
+    return f"Ran as {ran}: " + "; ".join(clauses) + "."
+
+
+TIMING_FIRST_BATCH = "one call each, on the run's first batch (first-call costs included)"
+TIMING_WARM = "one call each, after one untimed warm-up call"
+
+
+def data_flow(path: str, image: TracedImage, batch: Sequence[StageRecord] = (),
+              more: Sequence[StageRecord] = (), *, timing: str = TIMING_FIRST_BATCH
+              ) -> DataFlow:
+    """Put a traced image, its batch stages and later stages (training) into one flow."""
+    return flow_of(path, image.source, [*image.records, *batch, *more], image.seed_order_same,
+                   timing)
+
+
+def flow_of(path: str, source: str, stages: list[StageRecord], same: bool | None = None,
+            timing: str = TIMING_FIRST_BATCH) -> DataFlow:
+    """A flow of these records, numbered in order, with its order line."""
+    stages = [s if s.index == i else replace(s, index=i) for i, s in enumerate(stages, start=1)]
+    return DataFlow(path, source, stages, same, order_note(stages, same), timing)
+
+
+def batch_tracer(image: TracedImage | None, pre: Preprocess) -> StageTracer:
+    """A tracer for the batch stages that follow a traced image."""
+    order = image.records[-1].output.channel_order if image and image.records else "?"
+    return StageTracer(scope="batch", order=order, stats=(pre.mean, pre.std))
+
+
+def model_stage(model, x: torch.Tensor, classes: Sequence[str], order: str = "?",
+                top_k: int = 3) -> StageRecord:
+    """Stage 5 for a trained model: its forward pass and softmax on the batch, observed."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _sync()
+            t0 = time.perf_counter()
+            probs = torch.softmax(model(x.float()).float(), dim=1)
+            _sync()
+            seconds = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+    top = probs[0].topk(min(top_k, probs.shape[1]))
+    text = ", ".join(f"{classes[int(i)]} {float(p):.3f}" for p, i in zip(top.values, top.indices,
+                                                                         strict=True))
+    return StageRecord(0, 5, "Model forward + softmax", "PyTorch",
+                       f"{type(model).__name__}(x), then softmax over {probs.shape[1]} classes",
+                       summarize(x, channel_order=order), summarize(probs), seconds * 1e6 /
+                       x.shape[0], "batch", note=f"probabilities of the first image: {text}")
+
+
+def step_record(x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, seconds: float,
+                model, optimizer, order: str = "?") -> StageRecord:
+    """Stage 5 as it ran on the traced batch: one training step (forward, loss, backward,
+    optimizer step), timed by the trainer around the real calls."""
+    net = getattr(model, "module", model)  # DDP wraps the model
+    trained = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    return StageRecord(
+        0, 5, "Training step", "PyTorch",
+        f"{type(net).__name__}(x) -> cross-entropy -> backward -> {type(optimizer).__name__}.step",
+        summarize(x, channel_order=order), summarize(logits.detach().float()),
+        seconds * 1e6 / max(x.shape[0], 1), "batch",
+        note=f"loss {float(loss.detach()):.3f} on this batch; {trained:,} weights updated")
+
+
+def trace_transforms(transform, image) -> list[StageRecord]:
+    """Trace any transform chain on one image: one record per transform object.
+
+    ``transform`` is a torchvision v1/v2 ``Compose`` (or a list of callables); ``image`` a
+    PIL image, an HWC array or a tensor.
+    """
+    from .pipeline import transform_stages
+
+    tracer = StageTracer()
+    x = image
+    for stage in transform_stages(getattr(transform, "transforms", transform)):
+        x = tracer.call(stage, x)
+    return tracer.records
+
+
+@dataclass
+class BatchProbe:
+    """Sampled statistics of the batches the model really received during training."""
+
+    every: int = 50  # sample the first batch, then every N-th
+    samples: list[dict] = field(default_factory=list)  # {"step", "summary"}
+
+    def wants(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def record(self, step: int, x: torch.Tensor, channel_order: str) -> None:
+        self.samples.append({"step": step, "summary": asdict(summarize(x, channel_order=channel_order))})
+
+

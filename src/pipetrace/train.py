@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
+from .checks import run_checks
 from .config import PRESETS, TrainConfig
 from .data import Batch, LoaderConfig, make_loader, to_model_input
 from .distributed import (
@@ -47,7 +47,7 @@ from .runfolder import (
     write_config,
     write_metrics,
 )
-from .trace import BatchProbe, StageRecord, summarize, trace_sample, train_stage_record
+from .trace import BatchProbe, batch_tracer, data_flow, step_record
 from .transforms import AUGMENTS, BatchAugment, Preprocess
 
 __all__ = ["PRESETS", "DatasetRefused", "EpochRecord", "Observer", "TrainConfig", "TrainResult",
@@ -154,6 +154,7 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, dist.rank))
     sums = _Sums.zeros(loop.device)
     bad: list[tuple[int, str]] = []
+    flow = None
     t0 = time.perf_counter()
     data_time = 0.0
     steps = len(loader)
@@ -163,12 +164,15 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
         bad.extend(batch.bad)
         if len(batch) == 0:
             continue
-        x = to_model_input(batch.images, loop.pre, device=loop.device,
+        # a traced batch (the first of the run) is observed through its batch stages and step
+        tracer = batch_tracer(batch.trace, loop.pre) if batch.trace is not None else None
+        x = to_model_input(batch.images, loop.pre, device=loop.device, observer=tracer,
                            channels_last=loop.channels_last, augment=loop.augment, generator=gen)
         y = batch.labels.to(loop.device, non_blocking=True)
         data_time += time.perf_counter() - t_data
         if probe.wants(step0 + step):
             probe.record(step0 + step, x, loop.pre.colour_order)
+        t_step = time.perf_counter()
         with _autocast(loop):
             logits = loop.model(x)
             loss = loop.criterion(logits.float(), y)
@@ -181,6 +185,11 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
             loss.backward()
             loop.opt.step()
         loop.sched.step()
+        if tracer is not None:
+            step_rec = step_record(x, logits, loss, time.perf_counter() - t_step, loop.model,
+                                   loop.opt, order=tracer.order)
+            flow = data_flow(loader.dataset.pipeline.path, batch.trace, tracer.records,
+                             [step_rec])
         sums.add(loss, logits, y)
         if observers and (step % 10 == 0 or step == steps - 1):
             rate = float(sums.count) * dist.world_size / (time.perf_counter() - t0)
@@ -191,7 +200,7 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
     loss, acc, n = sums.reduce(dist)
     seconds = time.perf_counter() - t0
     return {"loss": loss, "acc": acc, "count": n, "seconds": seconds, "data_seconds": data_time,
-            "bad": bad, "rank": mine}
+            "bad": bad, "rank": mine, "flow": flow}
 
 
 @torch.no_grad()
@@ -319,8 +328,9 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         records = [EpochRecord(**r) for r in state["history"]]
     if dist.is_main:
         write_config(run, cfg)
-    tracing = dist.is_main and cfg.trace_every > 0  # trace_every=0: no stage trace at all
-    stages, pictures = first_batch_stages(train_loader, loop, cfg) if tracing else ([], {})
+    if dist.is_main and cfg.trace_every > 0:  # trace_every=0: no stage trace at all
+        train_loader.batch_sampler.trace_next()  # the run's first batch, as it really loads
+    flow = None
     ranks: list[RankRecord] = []
     probe = BatchProbe(every=cfg.trace_every)
     info = {"config": cfg, "dataset": setup.info, "device": str(device),
@@ -341,6 +351,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                 train_sampler.set_epoch(epoch)
             tr = train_one_epoch(loop, train_loader, epoch=epoch + 1, seed=cfg.seed, probe=probe,
                                  observers=observers, dist=dist, step0=epoch * steps_per_epoch)
+            flow = flow or tr["flow"]
             ev = {"loss": None, "acc": None, "confusion": [], "bad": []}
             if val_loader is not None:
                 broadcast_buffers(model, dist)  # every shard judged by the model rank 0 saves
@@ -384,14 +395,14 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                 o.on_epoch_end(record)
     except KeyboardInterrupt:
         stopped = "interrupted"
-    stages = [*stages, _stage5(stages, records, count_parameters(model), cfg.model)] if records else stages
     result = TrainResult(
         run_dir=str(run), config=cfg, classes=classes, preprocess=pre, model_config=model_cfg,
-        records=records, confusion=confusion, stages=stages, stage_pictures=pictures,
-        probes=probe.samples,
+        records=records, confusion=confusion, flow=flow, probes=probe.samples,
         bad_files=bad_files, params=count_parameters(model), dist=dist, ranks=ranks,
         dataset=setup.info, timing={"total_seconds": time.perf_counter() - t_start},
         stopped=stopped)
+    if dist.is_main:
+        result.findings = run_checks(result)
     for o in observers:
         o.on_train_end(result)
     return result
@@ -409,27 +420,3 @@ def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
         return model, model
     return model, DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def first_batch_stages(loader, loop: _Loop, cfg: TrainConfig
-                       ) -> tuple[list[StageRecord], dict[int, np.ndarray]]:
-    """Stages 1-4 for the first training batch, traced with the loader's real functions.
-
-    The loader's generator is reseeded at each epoch, so this batch is the one epoch 1 sees.
-    """
-    with torch.random.fork_rng(devices=[]):  # tracing must not shift training's random stream
-        loader.generator.manual_seed(epoch_seed(cfg.seed, 0))
-        for batch in loader:
-            if len(batch):
-                return trace_sample(loader.dataset, batch, device=loop.device,
-                                    channels_last=cfg.channels_last, augment=loop.augment)
-    return [], {}
-
-
-def _stage5(stages: list[StageRecord], records: list[EpochRecord], params: int,
-            model_name: str) -> StageRecord:
-    last = records[-1]
-    batch_in = stages[-1].output if stages else summarize(torch.empty(0))
-    return train_stage_record(batch_in, loss=last.train_loss, accuracy=last.train_acc,
-                              params=params, micros_per_item=1e6 / max(last.images_per_s, 1e-9),
-                              model_name=model_name)

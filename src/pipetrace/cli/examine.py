@@ -7,16 +7,26 @@ import sys
 
 
 def add_trace(sub) -> None:
-    from ..trace import PLANTS
+    from ..pipeline import PLANTS
 
-    tr = sub.add_parser("trace", help="the five-stage data-flow table for one image")
-    tr.add_argument("image")
+    tr = sub.add_parser("trace", help="the data-flow trace of one image, or of one item of "
+                        "your own dataset (--dataset)")
+    tr.add_argument("image", nargs="?", help="an image file (or use --dataset)")
+    tr.add_argument("--dataset", metavar="MODULE:FACTORY",
+                    help="trace your own Dataset: FACTORY() returns a torch Dataset or a "
+                    "DataLoader (module name or path/to/file.py)")
+    tr.add_argument("--index", type=int, default=0, help="--dataset: which item (default: 0)")
+    tr.add_argument("--loader", choices=("seed", "fast", "classic"), default="seed",
+                    help="which of pipetrace's pipelines runs the image (default: seed, the "
+                    "seed's chain)")
     tr.add_argument("--size", type=int, default=224)
     tr.add_argument("--crop-pct", type=float, default=0.875)
     tr.add_argument("--json", action="store_true", help="print the records as JSON")
-    tr.add_argument("--save-stages", metavar="DIR", help="save a PNG of each stage's output")
+    tr.add_argument("--save-stages", metavar="DIR", help="save a PNG of each step's output")
+    tr.add_argument("--out", metavar="DIR", help="write trace.json and report.html there")
     tr.add_argument("--plant", choices=PLANTS,
-                    help="plant a classic bug to see how it looks and how it is caught")
+                    help="plant a classic bug in the seed's chain to see how it looks and how "
+                    "it is caught")
     tr.add_argument("--model", metavar="RUN_OR_CKPT", help="run stage 5 with this model")
     tr.set_defaults(func=cmd_trace)
 
@@ -24,9 +34,16 @@ def add_trace(sub) -> None:
 def cmd_trace(args) -> int:
     import json
 
-    from ..checks import check_traced_image
     from ..report import terminal as term
-    from ..trace import StageRecord, Summary, trace_image, trace_model_stage
+
+    if args.dataset:
+        return _trace_dataset(args)
+    if not args.image:
+        raise ValueError("trace needs an IMAGE file or --dataset MODULE:FACTORY")
+    from ..checks import check_exif_orientation, check_flow
+    from ..dataset_trace import trace_image
+    from ..images import read_bytes
+    from ..trace import model_stage
     from ..transforms import Preprocess
 
     lm = None
@@ -36,34 +53,62 @@ def cmd_trace(args) -> int:
 
         lm = load_model(args.model)
         pre = lm.preprocess  # the model's own contract, not the flags
-    records, out = trace_image(args.image, pre, plant=args.plant)
-    try:
-        records.append(trace_model_stage(out["batch"], lm.model if lm else None,
-                                         lm.classes if lm else None))
-    except RuntimeError as exc:  # e.g. an HWC batch: the model refuses it, and we say why
-        reason = str(exc).splitlines()[0][:160]
-        records.append(StageRecord(5, "Model", "PyTorch", "model(x)", records[-1].output,
-                                   Summary("error", (), "-", "-", "?"), 0.0,
-                                   f"the model refused this batch: {reason}"))
-    findings = check_traced_image(out, pre, name=args.image)
+    flow, x = trace_image(args.image, pre, plant=args.plant, loader=args.loader)
+    note = ""
+    if lm is not None:
+        try:
+            flow = flow.extended([model_stage(lm.model, x, lm.classes,
+                                              order=flow.image_order())])
+        except RuntimeError as exc:  # e.g. an HWC batch: the model refuses it, and we say why
+            note = f"the model refused this batch: {str(exc).splitlines()[0][:160]}"
+    findings = check_exif_orientation(read_bytes(args.image), args.image) + check_flow(flow, pre)
     if args.save_stages:
         from ..report.files import save_stage_pictures
 
-        save_stage_pictures(out, pre, args.save_stages)
+        save_stage_pictures(flow, args.save_stages)
+    if args.out:
+        from ..report.build import write_flow_report
+
+        write_flow_report(flow, findings, args.out, command="trace")
     if args.json:
         print(json.dumps({"image": args.image, "preprocess": pre.to_dict(),
-                          "stages": [r.to_dict() for r in records],
+                          "data_flow": flow.to_dict(), "model_error": note,
                           "findings": [f.to_dict() for f in findings]}, indent=1))
     else:
         console = term.make_console()
-        console.print(term.stage_table(records, title=f"Data flow — {term.clean(args.image)}"))
-        for f in findings:
-            console.print(f"[{'red' if f.severity == 'error' else 'yellow'}]{f.severity}[/] "
-                          f"(stage {f.stage}) {term.clean(f.title)}: {term.clean(f.evidence)}\n"
-                          f"  fix: {term.clean(f.fix)}")
-        if not findings:
-            console.print("Checks: no problems found.")
+        console.print(term.stage_table(flow, title=f"Data flow — {term.clean(args.image)}"))
+        if note:
+            console.print(term.clean(note))
+        elif lm is None:
+            console.print("No model given: stage 5 (the model) is not run; use --model RUN_DIR.")
+        term.print_findings(console, findings)
     return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _trace_dataset(args) -> int:
+    import json
+
+    from ..dataset_trace import load_factory, trace_dataset
+    from ..report import terminal as term
+
+    trace = trace_dataset(load_factory(args.dataset), index=args.index)
+    if args.save_stages:
+        from ..report.files import save_stage_pictures
+
+        save_stage_pictures(trace.flow, args.save_stages)
+    if args.out:
+        from ..report.build import write_flow_report
+
+        write_flow_report(trace.flow, trace.findings, args.out, command="trace --dataset",
+                          dataset={"name": trace.dataset, "classes": trace.classes})
+    if args.json:
+        print(json.dumps(trace.to_dict(), indent=1))
+    else:
+        console = term.make_console()
+        console.print(term.stage_table(trace.flow, title=f"Data flow — "
+                                       f"{term.clean(args.dataset)} item {args.index}"))
+        term.print_findings(console, trace.findings)
+    return 1 if any(f.severity == "error" for f in trace.findings) else 0
 
 
 def add_check(sub) -> None:

@@ -109,7 +109,9 @@ def cmd_train(args) -> int:
 def print_run(console, result, art) -> None:
     from ..report import terminal as term
 
-    console.print(term.stage_table(result.stages, title="Data flow — 5 stages (first batch)"))
+    if result.flow is not None:
+        console.print(term.stage_table(result.flow, title="Data flow — the run's first batch, "
+                                       f"{result.flow.path} path"))
     term.print_training(console, result)
     if art.layer_trace is not None:
         pred = art.document["prediction"]

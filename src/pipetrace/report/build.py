@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import Finding, run_checks
+from ..checks import Finding
 from ..explain import (
     feature_grid,
     grad_cam,
@@ -27,19 +27,12 @@ from ..files import write_bytes_atomic, write_text_atomic
 from ..layers import LayerTrace
 from ..predict import LoadedModel, load_model, trace_prediction
 from ..records import TrainResult
-from ..trace import chw_picture
+from ..trace import DataFlow, chw_picture
 from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
 from .plots import confusion_png, curves_png
 from .quiz import make_quiz
-
-STAGE_CAPTIONS = {
-    1: "OpenCV's BGR array, shown as if it were RGB: red and blue trade places",
-    2: "RGB, as PIL and torchvision expect",
-    3: "after the transforms (de-normalized for display)",
-    4: "first image of the batch the model received",
-}
 
 
 @dataclass
@@ -104,15 +97,23 @@ def distributed_block(result: TrainResult) -> dict:
             "ranks": [r.to_dict() for r in result.ranks]}
 
 
+def flow_block(flow: DataFlow | None) -> dict | None:
+    """The data flow with each stage's picture as a PNG data URI."""
+    if flow is None:
+        return None
+    block = flow.to_dict()
+    for d, s in zip(block["stages"], flow.stages, strict=True):
+        d["picture"] = data_uri(png_bytes(s.picture)) if s.picture is not None else None
+    return block
+
+
 def build_document(result: TrainResult, *, command: str, prediction: dict | None,
                    findings: list[Finding], device: str = "cpu") -> dict:
     doc = {
         "format": FORMAT, "version": VERSION,
         "meta": meta_block(command, device),
         "run": run_block(result),
-        "stages": [s.to_dict() for s in result.stages],
-        "stage_pictures": {str(k): data_uri(png_bytes(v)) for k, v in result.stage_pictures.items()},
-        "stage_captions": {str(k): v for k, v in STAGE_CAPTIONS.items()},
+        "data_flow": flow_block(result.flow),
         "findings": [f.to_dict() for f in findings],
         "training": training_block(result),
         "prediction": prediction,
@@ -134,13 +135,38 @@ def write_run_report(result: TrainResult, *, image: str | None, command: str,
     if image is not None and (run / "last.pt").exists():
         lm = load_model(run)
         prediction, lt, _ = prediction_block(lm, image, true_class=true_class)
-    findings = run_checks(result)
+    findings = result.findings
     save_document(build_document(result, command=command, prediction=prediction,
                                  findings=findings), run / "trace.json")
     # The page is rendered from the file, as `pipetrace report` does: the two are identical.
     doc = load_document(run / "trace.json")
     report = _write_html(doc, run / "report.html")
     return RunArtifacts(str(run / "trace.json"), report, doc, lt, findings)
+
+
+def build_flow_document(flow: DataFlow, findings: list[Finding], *, command: str,
+                        dataset: dict | None = None) -> dict:
+    """The document of a traced data flow alone (``pipetrace trace``, a user's dataset):
+    the same page as a run's, without the training and prediction sections."""
+    doc = {
+        "format": FORMAT, "version": VERSION, "meta": meta_block(command, "cpu"),
+        "run": None, "dataset": dataset, "data_flow": flow_block(flow),
+        "findings": [f.to_dict() for f in findings], "training": None, "prediction": None,
+    }
+    doc["quiz"] = [q.to_dict() for q in make_quiz(doc)]
+    doc["insight"] = make_insight(doc)
+    return doc
+
+
+def write_flow_report(flow: DataFlow, findings: list[Finding], folder: str | os.PathLike, *,
+                      command: str, dataset: dict | None = None) -> tuple[str, str]:
+    """Write ``trace.json`` and ``report.html`` of a traced flow into ``folder``."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_document(build_flow_document(flow, findings, command=command, dataset=dataset),
+                  out / "trace.json")
+    return str(out / "trace.json"), _write_html(load_document(out / "trace.json"),
+                                                 out / "report.html")
 
 
 def rerender(trace_path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:

@@ -50,7 +50,7 @@ def _environment() -> jinja2.Environment:
 
 def render_html(doc: dict) -> str:
     """The report page for one trace document (deterministic: same document, same bytes)."""
-    epochs = doc.get("training", {}).get("epochs", [])
+    epochs = (doc.get("training") or {}).get("epochs", [])
     charts = {}
     if epochs:
         xs = [e["epoch"] for e in epochs]

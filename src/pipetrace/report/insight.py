@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .quiz import first_image_step, flow_steps, model_input
+
 NEXT_STEP = {
     "converged": "it has converged: a harder dataset, a smaller model or fewer epochs would "
                  "show more",
@@ -20,16 +22,17 @@ NEXT_STEP = {
 
 def make_insight(doc: dict) -> list[str]:
     out: list[str] = []
-    stages = {s["index"]: s for s in doc.get("stages", [])}
-    if {1, 2, 3, 4} <= set(stages):
-        s1, s2, s3, s4 = (stages[i] for i in (1, 2, 3, 4))
+    steps = flow_steps(doc)
+    decoded, batch = first_image_step(steps, seed=1), model_input(steps)
+    if decoded is not None and batch is not None:
+        images = [s for s in steps if s["scope"] == "image"]
         out.append(
-            f"{s1['library']} read each file as a {s1['output']['layout']} "
-            f"{s1['output']['channel_order']} array; stage 2 turned it into "
-            f"{s2['output']['channel_order']} for {s3['library']}, whose transforms made a "
-            f"{' x '.join(map(str, s3['output']['shape']))} tensor; stage 4 stacked "
-            f"batches of {' x '.join(map(str, s4['output']['shape']))}.")
-    epochs = doc.get("training", {}).get("epochs", [])
+            f"{decoded['library']} decoded each file into a {decoded['output']['layout']} "
+            f"{decoded['output']['channel_order']} array; it entered the batch as "
+            f"{images[-1]['output']['channel_order']}, and the model received batches of "
+            f"{' x '.join(map(str, batch['shape']))} {batch['dtype']}. "
+            f"{doc['data_flow']['order']}")
+    epochs = (doc.get("training") or {}).get("epochs", [])
     if epochs:
         first, last = epochs[0], epochs[-1]
         acc = last["val_acc"] if last["val_acc"] is not None else last["train_acc"]

@@ -30,33 +30,53 @@ def _dims(shape) -> str:
     return " x ".join(str(d) for d in shape)
 
 
+def flow_steps(doc: dict) -> list[dict]:
+    """The traced steps of the document's data flow, in the order they ran."""
+    return (doc.get("data_flow") or {}).get("stages", [])
+
+
+def first_image_step(steps: list[dict], seed: int) -> dict | None:
+    """The first step of seed stage ``seed`` whose output is an image (not bytes)."""
+    return next((s for s in steps if s["seed"] == seed
+                 and s["output"]["layout"] not in ("bytes", "file")), None)
+
+
+def model_input(steps: list[dict]) -> dict | None:
+    """What the model received: the output of the last step before stage 5."""
+    before = [s for s in steps if s["seed"] < 5]
+    return before[-1]["output"] if before else None
+
+
 def make_quiz(doc: dict) -> list[Question]:
     """At least three questions about what the pipeline really did."""
     qs: list[Question] = []
-    stages = {s["index"]: s for s in doc.get("stages", [])}
-    if 1 in stages:
-        lib = stages[1]["library"]
-        qs.append(_ask("Which library read the images from disk in this run?", lib,
+    steps = flow_steps(doc)
+    decoded = first_image_step(steps, seed=1)
+    if decoded is not None:
+        lib = decoded["library"]
+        qs.append(_ask("Which library decoded the image files in this run?", lib,
                        ["PIL", "torchvision", "NumPy", "OpenCV"],
-                       f"Stage 1 ran {stages[1]['operation']} ({lib}), giving a "
-                       f"{_dims(stages[1]['output']['shape'])} {stages[1]['output']['dtype']} "
+                       f"Step {decoded['index']} ran {decoded['operation']} ({lib}), giving a "
+                       f"{_dims(decoded['output']['shape'])} {decoded['output']['dtype']} "
                        "array."))
-        order = stages[1]["output"]["channel_order"]
+        order = decoded["output"]["channel_order"]
         if order in ("RGB", "BGR"):
-            qs.append(_ask("In which channel order did stage 1 hand over the pixels?", order,
+            entering = [s for s in steps if s["scope"] == "image"][-1]
+            qs.append(_ask("In which channel order did the decoder hand over the pixels?", order,
                            ["RGB", "BGR", "RGBA", "HSV"],
                            f"Checked against an independent PIL decode of the same file: "
-                           f"{order}. Stage 2 converted it to "
-                           f"{stages.get(2, {}).get('output', {}).get('channel_order', '?')}."))
-    if 4 in stages:
-        shape = list(stages[4]["output"]["shape"])
-        if len(shape) == 4:
-            n, c, h, w = shape
-            qs.append(_ask("What shape did a training batch have when it reached the model?",
-                           _dims(shape),
-                           [_dims([n, h, w, c]), _dims([c, h, w]), _dims([h, w, c, n]),
-                            _dims([n, c, h // 2 or 1, w // 2 or 1])],
-                           f"Stage 4 stacked {n} images of {c} x {h} x {w}: N x C x H x W."))
+                           f"{order}. The image entered the batch as "
+                           f"{entering['output']['channel_order']} (step {entering['index']}, "
+                           f"{entering['name']})."))
+    batch = model_input(steps)
+    if batch is not None and len(batch["shape"]) == 4:
+        n, c, h, w = batch["shape"]
+        qs.append(_ask("What shape did a training batch have when it reached the model?",
+                       _dims(batch["shape"]),
+                       [_dims([n, h, w, c]), _dims([c, h, w]), _dims([h, w, c, n]),
+                        _dims([n, c, h // 2 or 1, w // 2 or 1])],
+                       f"The batch stages handed the model {n} images of {c} x {h} x {w}: "
+                       "N x C x H x W."))
     pred = doc.get("prediction")
     if pred:
         kinds = [layer["kind"] for layer in pred["layers"]]
@@ -65,7 +85,7 @@ def make_quiz(doc: dict) -> list[Question]:
                        ["ReLU", "pooling", "fully connected", "convolution"],
                        f"The last layer ({prob_layer}) output sums to 1; its top class was "
                        f"{pred['predicted']} at {pred['top_k'][0][1]:.2f}."))
-    epochs = doc.get("training", {}).get("epochs", [])
+    epochs = (doc.get("training") or {}).get("epochs", [])
     if len(epochs) >= 2:
         first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]
         fell = last < first

@@ -19,8 +19,9 @@ from rich.table import Table
 
 from ..files import safe_text
 from ..layers import LayerTrace
+from ..pipeline import SEED_STAGES
 from ..records import EpochRecord, Observer, TrainResult
-from ..trace import StageRecord
+from ..trace import DataFlow
 
 if TYPE_CHECKING:
     from ..export import OnnxCheck
@@ -46,15 +47,28 @@ def make_console(file=None, *, width: int | None = None) -> Console:
     return Console(file=file, width=width, highlight=False, soft_wrap=False)
 
 
-def stage_table(stages: Sequence[StageRecord], title: str = "Data flow") -> Table:
-    t = Table(title=title, title_justify="left", show_lines=False)
-    for col in ("#", "stage", "library", "input", "operation", "output", "µs/img"):
+def stage_table(flow: DataFlow, title: str = "Data flow") -> Table:
+    """One row per step of the traced flow, in the order it ran; the order line as caption."""
+    t = Table(title=title, title_justify="left", show_lines=False, caption_justify="left",
+              caption=clean(f"{flow.order} Times: {flow.timing}."))
+    for col in ("#", "step", "seed stage", "library", "input", "operation", "output", "µs/img"):
         t.add_column(col, overflow="fold")
-    for s in stages:
-        out = s.output.short() if s.output.pytype != "metrics" else s.note
-        t.add_row(str(s.index), s.name, s.library, clean(s.input.short()), clean(s.operation),
-                  clean(out), f"{s.micros_per_item:,.1f}")
+    for s in flow.stages:
+        seed = f"{s.seed} {SEED_STAGES.get(s.seed, '')}" + (" (batch)" if s.scope == "batch" else "")
+        out = clean(s.output.short()) + (f"\n{clean(s.note)}" if s.note else "")
+        t.add_row(str(s.index), clean(s.name), seed, clean(s.library), clean(s.input.short()),
+                  clean(s.operation), out, f"{s.micros_per_item:,.1f}")
     return t
+
+
+def print_findings(console: Console, findings) -> None:
+    """Each finding in two lines (title and evidence, then the fix), or that there are none."""
+    for f in findings:
+        console.print(f"[{'red' if f.severity == 'error' else 'yellow'}]{f.severity}[/] "
+                      f"(stage {clean(f.stage)}) {clean(f.title)}: {clean(f.evidence)}\n"
+                      f"  fix: {clean(f.fix)}")
+    if not findings:
+        console.print("Checks: no problems found.")
 
 
 def epoch_table(records: Sequence[EpochRecord]) -> Table:
