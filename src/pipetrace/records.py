@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .checks import Finding
 from .config import TrainConfig
 from .distributed import DistInfo, RankRecord
+from .errors import ErrorAnalysis, Predictions
 from .model import ModelConfig
 from .observations import Point
 from .trace import DataFlow
@@ -59,6 +60,8 @@ class TrainResult:
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
     findings: list[Finding] = field(default_factory=list)  # what the checks found in this run
+    predictions: Predictions | None = None  # the last evaluation, image by image
+    errors: ErrorAnalysis | None = None  # what went wrong in it (errors.analyse)
 
     @property
     def per_class_accuracy(self) -> list[float | None]:

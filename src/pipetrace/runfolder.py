@@ -24,6 +24,7 @@ from .model import ModelConfig
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+    from .errors import Predictions
     from .records import EpochRecord
 
 
@@ -36,6 +37,11 @@ def write_metrics(run: Path, records: list[EpochRecord]) -> None:
         w.writeheader()
         w.writerows(rows)
     write_text_atomic(run / "metrics.csv", buf.getvalue())
+
+
+def write_predictions(run: Path, predictions: Predictions) -> None:
+    """``predictions.csv``: one row per evaluated image (see ``errors.Predictions``)."""
+    write_text_atomic(run / "predictions.csv", predictions.to_csv())
 
 
 def rng_state() -> dict:

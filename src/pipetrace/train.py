@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -35,6 +36,7 @@ from .distributed import (
     gather_objects,
     run_on_main,
 )
+from .errors import Predictions, analyse
 from .model import ModelConfig, build_model, count_parameters
 from .observations import observe
 from .optim import build_optimizer, resume_schedule
@@ -46,6 +48,7 @@ from .runfolder import (
     set_rng_state,
     write_config,
     write_metrics,
+    write_predictions,
 )
 from .trace import BatchProbe, batch_tracer, data_flow, step_record
 from .transforms import AUGMENTS, BatchAugment, Preprocess
@@ -206,10 +209,12 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, channels_last=True,
              tta: bool = False, num_classes: int, dist: DistInfo = DistInfo()) -> dict:
-    """Loss, accuracy and confusion matrix over the whole validation set (all ranks)."""
+    """Loss, accuracy and confusion matrix over the whole validation set (all ranks), and
+    each image's probabilities and loss (``per_image``: dataset indices, (N, C) probabilities,
+    (N,) losses, in dataset order, every rank's images) for the error analysis."""
     model.eval()
-    criterion = nn.CrossEntropyLoss()
     sums = _Sums.zeros(device)
+    rows = []
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     bad = []
     ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -223,13 +228,29 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
             logits = model(x).float()
             if tta:
                 logits = 0.5 * (logits + model(x.flip(-1)).float())
-        sums.add(criterion(logits, y), logits, y)
+        losses = nn.functional.cross_entropy(logits, y, reduction="none")
+        sums.add(losses.mean(), logits, y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1),
                                     minlength=num_classes * num_classes)
+        rows.append((batch.indices.numpy(), logits.softmax(1).cpu().numpy(),
+                     losses.cpu().numpy()))
     loss, acc, n = sums.reduce(dist)
     confusion = all_reduce_sum(confusion, dist)
     return {"loss": loss, "acc": acc, "count": n, "bad": bad,
-            "confusion": confusion.view(num_classes, num_classes).cpu().tolist()}
+            "confusion": confusion.view(num_classes, num_classes).cpu().tolist(),
+            "per_image": _in_dataset_order(gather_objects(rows, dist), num_classes)}
+
+
+def _in_dataset_order(rows_per_rank: list[list], num_classes: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every rank's (indices, probabilities, losses) batches as three arrays by index."""
+    rows = [r for rank in rows_per_rank for r in rank]
+    if not rows:
+        return (np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32),
+                np.zeros(0, np.float32))
+    idx, probs, losses = (np.concatenate(parts) for parts in zip(*rows, strict=True))
+    order = np.argsort(idx, kind="stable")
+    return idx[order], probs[order].astype(np.float32), losses[order].astype(np.float32)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -341,6 +362,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         o.on_train_start(info)
     bad_files = list(setup.bad_files)
     confusion: list[list[int]] = []
+    last_eval = None  # the last evaluation's per-image results
     stopped = ""
     ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg)
     try:
@@ -359,6 +381,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                               channels_last=cfg.channels_last, tta=cfg.tta,
                               num_classes=len(classes), dist=dist)
             confusion = ev["confusion"]
+            last_eval = ev.get("per_image", last_eval)
             bad_now = name_bad(setup.train_set, tr["bad"]) + name_bad(setup.val_set, ev["bad"])
             ranks, bads = zip(*gather_objects((tr["rank"], bad_now), dist), strict=True)
             ranks, bad_now = list(ranks), [b for bad in bads for b in bad]  # all processes
@@ -403,9 +426,21 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         stopped=stopped)
     if dist.is_main:
         result.findings = run_checks(result)
+        if last_eval is not None and setup.val_set is not None:
+            result.predictions = predictions_of(setup.val_set, classes, last_eval)
+            result.errors = analyse(result.predictions)
+            write_predictions(run, result.predictions)
     for o in observers:
         o.on_train_end(result)
     return result
+
+
+def predictions_of(dataset, classes: list[str], per_image) -> Predictions:
+    """:class:`~pipetrace.errors.Predictions` from ``evaluate``'s per-image results."""
+    idx, probs, losses = per_image
+    samples = [dataset.samples[i] for i in idx.tolist()]
+    return Predictions([p for p, _ in samples], np.array([y for _, y in samples], np.int64),
+                       probs, losses, list(classes))
 
 
 def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,

@@ -1,0 +1,105 @@
+"""Error analysis: per-class metrics against scikit-learn, ECE by hand, the reliability
+diagram's bins, the worst images against predictions.csv, and confident learning finding
+planted label errors."""
+
+import numpy as np
+import pytest
+
+from pipetrace.errors import Predictions, analyse, calibration, label_issues
+
+
+def predictions(labels, probs, classes=None) -> Predictions:
+    labels, probs = np.asarray(labels, np.int64), np.asarray(probs, np.float32)
+    classes = classes or [f"c{i}" for i in range(probs.shape[1])]
+    losses = -np.log(probs[np.arange(len(labels)), labels] + 1e-12).astype(np.float32)
+    return Predictions([f"img{i}.jpg" for i in range(len(labels))], labels, probs, losses,
+                       classes)
+
+
+def random_predictions(n=500, c=7, seed=0) -> Predictions:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 2.5 * np.eye(c)[labels] * rng.random((n, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return predictions(labels, probs)
+
+
+def test_per_class_metrics_match_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    pred = random_predictions()
+    a = analyse(pred)
+    report = sklearn.classification_report(pred.labels, pred.predicted, output_dict=True,
+                                           zero_division=0, labels=range(7))
+    for j, m in enumerate(a.per_class):
+        r = report[str(j)]
+        assert (m.precision, m.recall, m.f1, m.support) == pytest.approx(
+            (r["precision"], r["recall"], r["f1-score"], r["support"]))
+    assert a.macro_f1 == pytest.approx(report["macro avg"]["f1-score"])
+    assert a.accuracy == pytest.approx(report["accuracy"])
+    assert a.top5_accuracy == pytest.approx(sklearn.top_k_accuracy_score(
+        pred.labels, pred.probs, k=5, labels=range(7)))
+
+
+def test_ece_by_hand_and_the_bins_add_up():
+    # four images: confidences 0.85 (right), 0.85 (wrong), 0.65 (right), 0.35 (right)
+    probs = [[0.85, 0.15, 0, 0], [0.85, 0.15, 0, 0], [0.65, 0.35, 0, 0], [0.35, 0.25, 0.2, 0.2]]
+    labels = [0, 1, 0, 0]
+    ece, bins = calibration(np.asarray(probs, np.float32), np.asarray(labels), bins=10)
+    # bin [0.8, 0.9): 2 images, conf 0.85, acc 0.5; [0.6, 0.7): 0.65, 1; [0.3, 0.4): 0.35, 1
+    assert ece == pytest.approx(2 / 4 * 0.35 + 1 / 4 * 0.35 + 1 / 4 * 0.65)
+    assert sum(b.count for b in bins) == 4 and len(bins) == 10
+    full = [b for b in bins if b.count]
+    assert [b.low for b in full] == pytest.approx([0.3, 0.6, 0.8])
+    assert [b.count for b in full] == [1, 1, 2]
+    assert [b.accuracy for b in full] == [1.0, 1.0, 0.5]
+    assert [b.confidence for b in full] == pytest.approx([0.35, 0.65, 0.85])
+    big = random_predictions(n=1000)
+    assert sum(b.count for b in analyse(big).calibration) == 1000
+
+
+def test_the_worst_images_are_the_highest_losses_in_the_csv(tmp_path):
+    pred = random_predictions(n=200)
+    text = pred.to_csv()
+    back = Predictions.from_csv(text)
+    assert back.paths == pred.paths and np.array_equal(back.labels, pred.labels)
+    assert np.allclose(back.probs, pred.probs, atol=1e-6)
+    worst = analyse(back, top=10).top_losses
+    by_loss = sorted(range(200), key=lambda i: -float(back.losses[i]))[:10]
+    assert [e.index for e in worst] == by_loss
+    assert all(e.path == pred.paths[e.index] for e in worst)
+    assert worst[0].loss == pytest.approx(float(back.losses.max()), abs=1e-6)
+
+
+def test_most_confused_pairs_count_the_off_diagonal():
+    labels = [0, 0, 0, 1, 1, 2]
+    probs = np.eye(3)[[1, 1, 0, 0, 1, 1]] * 0.8 + 0.2 / 3
+    a = analyse(predictions(labels, probs, ["cat", "dog", "fox"]))
+    assert a.most_confused == [("cat", "dog", 2), ("dog", "cat", 1), ("fox", "dog", 1)]
+
+
+def test_confident_learning_finds_planted_label_errors():
+    """A model right on 90% of 600 images of 4 classes; 30 labels flipped: the flipped ones
+    are found, few of the model's own mistakes are flagged."""
+    rng = np.random.default_rng(1)
+    n, c = 600, 4
+    truth = rng.integers(0, c, n)
+    right = rng.random(n) < 0.9
+    guess = np.where(right, truth, (truth + rng.integers(1, c, n)) % c)
+    conf = rng.uniform(0.6, 0.98, n)
+    probs = np.full((n, c), 0.0)
+    probs[np.arange(n), guess] = conf
+    probs += (1 - conf)[:, None] / c
+    probs /= probs.sum(1, keepdims=True)
+    flipped = rng.choice(np.flatnonzero(right), 30, replace=False)
+    given = truth.copy()
+    given[flipped] = (truth[flipped] + 1) % c
+    issues, thresholds = label_issues(predictions(given, probs))
+    found = {e.index for e in issues}
+    recall = len(found & set(flipped.tolist())) / len(flipped)
+    assert recall >= 0.9, recall
+    assert set(thresholds) == {f"c{i}" for i in range(c)}
+    clean, _ = label_issues(predictions(truth, probs))
+    assert len(clean) <= 0.1 * n  # the model's own errors, not label errors, flag some
+    assert all(e.p_predicted > e.p_given for e in issues)
+    margins = [e.p_predicted - e.p_given for e in issues]
+    assert margins == sorted(margins, reverse=True)
