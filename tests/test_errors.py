@@ -103,3 +103,26 @@ def test_confident_learning_finds_planted_label_errors():
     assert all(e.p_predicted > e.p_given for e in issues)
     margins = [e.p_predicted - e.p_given for e in issues]
     assert margins == sorted(margins, reverse=True)
+
+
+def test_a_run_records_its_predictions_and_the_cli_reads_them(demo_run, tmp_path):
+    from conftest import run_cli
+
+    csv_text = (demo_run / "predictions.csv").read_text()
+    pred = Predictions.from_csv(csv_text)
+    assert len(pred) == 400 and pred.classes == ["circle", "square", "star", "triangle"]
+    assert np.allclose(pred.probs.sum(1), 1, atol=1e-4)
+    history = (demo_run / "metrics.csv").read_text().splitlines()
+    last_val_acc = float(history[-1].split(",")[4])
+    assert float((pred.predicted == pred.labels).mean()) == pytest.approx(last_val_acc)
+    shown = run_cli("errors", str(demo_run), "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = __import__("json").loads(shown.stdout)
+    assert doc["images"] == 400 and doc["top_losses"][0]["loss"] == pytest.approx(
+        float(pred.losses.max()), abs=1e-5)
+    # evaluating the checkpoint again gives the same images and the same answers
+    again = run_cli("evaluate", str(demo_run), "--out", str(tmp_path / "ev"))
+    assert again.returncode == 0, again.stderr
+    assert "Per class" in again.stdout and "Likely label errors" in again.stdout
+    redo = Predictions.from_csv((tmp_path / "ev" / "predictions.csv").read_text())
+    assert redo.paths == pred.paths and np.array_equal(redo.labels, pred.labels)

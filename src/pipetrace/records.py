@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .batch_view import BatchView
 from .checks import Finding
 from .config import TrainConfig
 from .distributed import DistInfo, RankRecord
@@ -60,6 +61,7 @@ class TrainResult:
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
     findings: list[Finding] = field(default_factory=list)  # what the checks found in this run
+    batch_view: BatchView | None = None  # a few training images as the model gets them
     predictions: Predictions | None = None  # the last evaluation, image by image
     errors: ErrorAnalysis | None = None  # what went wrong in it (errors.analyse)
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
+from .batch_view import batch_view
 from .checks import run_checks
 from .config import PRESETS, TrainConfig
 from .data import Batch, LoaderConfig, make_loader, to_model_input
@@ -349,8 +350,11 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         records = [EpochRecord(**r) for r in state["history"]]
     if dist.is_main:
         write_config(run, cfg)
+    view = None
     if dist.is_main and cfg.trace_every > 0:  # trace_every=0: no stage trace at all
         train_loader.batch_sampler.trace_next()  # the run's first batch, as it really loads
+        view = batch_view(setup.train_set, classes, augment=cfg.augment, crop_pad=cfg.crop_pad,
+                          seed=cfg.seed)
     flow = None
     ranks: list[RankRecord] = []
     probe = BatchProbe(every=cfg.trace_every)
@@ -420,7 +424,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         stopped = "interrupted"
     result = TrainResult(
         run_dir=str(run), config=cfg, classes=classes, preprocess=pre, model_config=model_cfg,
-        records=records, confusion=confusion, flow=flow, probes=probe.samples,
+        records=records, confusion=confusion, flow=flow, probes=probe.samples, batch_view=view,
         bad_files=bad_files, params=count_parameters(model), dist=dist, ranks=ranks,
         dataset=setup.info, timing={"total_seconds": time.perf_counter() - t_start},
         stopped=stopped)

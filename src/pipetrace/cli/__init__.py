@@ -14,13 +14,14 @@ import os
 import sys
 
 from .. import __version__
+from .analyse import add_errors, add_evaluate
 from .examine import add_check, add_trace
 from .run import add_demo, add_train
 from .serve import add_export, add_predict, add_skew
 from .views import add_quiz, add_report
 
 COMMANDS = (add_demo, add_train, add_trace, add_predict, add_check, add_skew, add_export,
-            add_report, add_quiz)
+            add_report, add_quiz, add_evaluate, add_errors)
 
 
 def build_parser() -> argparse.ArgumentParser:

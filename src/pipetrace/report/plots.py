@@ -8,8 +8,11 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import cv2
 import matplotlib.pyplot as plt
+import numpy as np
 
+from ..batch_view import BatchView
 from ..files import safe_text
 
 
@@ -62,3 +65,22 @@ def _save(fig) -> bytes:
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def grid_picture(view: BatchView, *, cell: int = 96, pad: int = 4) -> np.ndarray:
+    """One (H, W, 3) uint8 picture: per image a pair (as trained on | as evaluated), four
+    pairs a row, in the view's order (classes together)."""
+    pairs = list(zip(view.train_pictures, view.eval_pictures, strict=True))
+    cols = 4
+    rows = max(1, -(-len(pairs) // cols))
+    w = cols * (2 * cell + 3 * pad) + pad
+    h = rows * (cell + 2 * pad) + pad
+    grid = np.full((h, w, 3), 255, np.uint8)
+    for k, (a, b) in enumerate(pairs):
+        r, c = divmod(k, cols)
+        y = pad + r * (cell + 2 * pad)
+        x = pad + c * (2 * cell + 3 * pad)
+        for j, pic in enumerate((a, b)):
+            tile = cv2.resize(pic, (cell, cell), interpolation=cv2.INTER_AREA)
+            grid[y:y + cell, x + j * (cell + pad):x + j * (cell + pad) + cell] = tile
+    return grid

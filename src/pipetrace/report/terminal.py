@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..errors import ErrorAnalysis
 from ..files import safe_text
 from ..layers import LayerTrace
 from ..pipeline import SEED_STAGES
@@ -69,6 +70,36 @@ def print_findings(console: Console, findings) -> None:
                       f"  fix: {clean(f.fix)}")
     if not findings:
         console.print("Checks: no problems found.")
+
+
+def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
+    """The error analysis: accuracy and calibration, per-class metrics, the most-confused
+    pairs, the worst images and the likely label errors."""
+    top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
+    console.print(f"Errors on {e.images:,} {clean(e.split)} images: accuracy {e.accuracy:.3f}"
+                  f"{top5}, macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}",
+                  markup=False)
+    t = Table(title="Per class", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for c in e.per_class:
+        t.add_row(clean(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
+                  f"{c.support:,}")
+    console.print(t)
+    if e.most_confused:
+        console.print("Most confused (true -> predicted): " + ", ".join(
+            f"{clean(a)} -> {clean(b)} ({n})" for a, b, n in e.most_confused[:rows]))
+    for title, items, second in (("Worst predictions (highest loss)", e.top_losses, "predicted"),
+                                 ("Likely label errors", e.label_issues, "suggested")):
+        t = Table(title=title, title_justify="left")
+        for col in ("file", "given", "p(given)", second, f"p({second})", "loss"):
+            t.add_column(col, overflow="fold")
+        for x in items[:rows]:
+            t.add_row(clean(display_name(x.path)), clean(x.given), f"{x.p_given:.3f}",
+                      clean(x.predicted), f"{x.p_predicted:.3f}", f"{x.loss:.3f}")
+        console.print(t)
+    console.print(f"Label errors: {clean(e.method)}; {len(e.label_issues)} found.",
+                  markup=False)
 
 
 def epoch_table(records: Sequence[EpochRecord]) -> Table:
