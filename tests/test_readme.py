@@ -33,3 +33,17 @@ def test_readme_train_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^1 0\.\d+ ", out, flags=re.M)  # epoch 1, its validation accuracy
     assert re.search(r"\[\('(circle|square|star|triangle)', 0\.\d+", out)  # the top-k
+
+
+def test_readme_bring_your_own_model_example_runs(capsys):
+    exec(compile(python_blocks()[2], "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    joins = [line for line in out if "residual add" in line and "<-" in line]
+    assert len(joins) == 8 and all(line.split()[2] == "add_" for line in joins)
+    rows = out[8:-1]
+    assert [line.split()[1] for line in rows] == [
+        "input", "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+        "avgpool", "flatten", "fc", "softmax"]
+    assert rows[5] == "6 layer1 block (Sequential) (1, 64, 16, 16) residual add x 2"
+    assert rows[10] == "11 flatten flatten (1, 512) "
+    assert out[-1] == "69 of 69 operations replayed exactly"

@@ -109,10 +109,12 @@ def tensor_stats(t: torch.Tensor) -> tuple[float, float, float, float]:
         v = t.detach()
         if v.device.type == "cpu":
             # NumPy's single-threaded SIMD reductions, on a view of the same memory: on a busy
-            # 2-core machine torch's OpenMP reductions took 8 ms where these take 0.2 ms.
+            # 2-core machine torch's OpenMP reductions took 8-15 ms each where these take
+            # 0.04-0.3 ms (a 1 x 256 x 56 x 56 map); counting a bool mask is 10x faster than
+            # count_nonzero on floats.
             a = (v if v.dtype in _NUMPY_DTYPES else v.float()).numpy()
-            return (float(a.min()), float(a.max()), float(a.mean(dtype=np.float64)),
-                    1.0 - np.count_nonzero(a) / a.size)
+            return (float(a.min()), float(a.max()), float(a.mean()),
+                    np.count_nonzero(a == 0) / a.size)
         if not v.is_floating_point():
             v = v.float()
         mn, mx = torch.aminmax(v)

@@ -6,6 +6,11 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``prediction``, ``quiz``, ``insight``; pictures inline as ``data:image/png`` URIs.
 * 2 - ``run.distributed`` adds ``per_rank_batch``, ``global_batch`` and ``ranks`` (each
   process's images, images/s and loader images/s in the last epoch).
+* 3 - the prediction trace records every operation: ``prediction.ops`` (one record per tensor
+  operation, with the records that fed it: a graph), ``prediction.calls`` (module calls),
+  ``prediction.output`` and ``prediction.depth``; each ``prediction.layers[]`` row gains
+  ``inputs``, ``join`` and ``ops``, and operations outside the shown modules (residual adds,
+  flattens, concatenations) are rows of their own; ``gradcam_op`` and ``feature_stages``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from ..files import safe_text, write_text_atomic
 
 FORMAT = "pipetrace-trace"
-VERSION = 2
+VERSION = 3
 
 
 def data_uri(png: bytes | None) -> str | None:

@@ -103,13 +103,15 @@ def _columns(t: Table, names: Sequence[str], fold: Sequence[str]) -> None:
 
 def layer_table(trace: LayerTrace, title: str = "Prediction trace") -> Table:
     """One row per module call at the trace's depth, and per operation outside them."""
+    joins = any(r.join for r in trace.layers)  # a chain (the seed's CNN) needs no such column
     t = Table(title=title, title_justify="left")
     _columns(t, ("layer", "name", "kind", "from", "output shape", "params", "statistic", "µs",
-                 "branches join"), fold=("name", "statistic", "branches join"))
+                 *(("branches join",) if joins else ())), fold=("name", "statistic",
+                                                                "branches join"))
     for r in trace.layers:
         t.add_row(str(r.index), clean(r.name), clean(r.kind), rows_text(r.inputs),
                   dims(r.output_shape), f"{r.params:,}", clean(r.stat), f"{r.micros:,.0f}",
-                  clean(r.join))
+                  *((clean(r.join),) if joins else ()))
     return t
 
 
