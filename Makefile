@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-errors fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta bench-errors
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -39,6 +39,9 @@ bench-step: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python bench/memory.py $(DATA)
+
+bench-ops: $(STAMP)
+	$(BIN)/python bench/trace_ops.py
 
 bench-tta: $(STAMP)
 	$(BIN)/python bench/time_to_accuracy.py $(DATA)

@@ -1,11 +1,15 @@
 """Grad-CAM points at the drawn shape: measured on the demo's validation pictures."""
 
 import numpy as np
+import pytest
 import torch
 
-from pipetrace.explain import grad_cam, gradcam_layer, hottest_point
+from pipetrace.explain import grad_cam, gradcam_target, hottest_point
+from pipetrace.ops import trace_ops
 from pipetrace.predict import load_model
 from pipetrace.shapes import CLASSES, load_boxes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SOURCE_SIDE = 64  # the shapes are drawn at 64 x 64 (ShapesConfig.image_size)
 
@@ -41,7 +45,7 @@ def test_gradcam_hottest_point_falls_inside_the_shape(demo_run, demo_data):
     layer = None
     for path in chosen:
         x = lm.input_for(str(path))
-        layer = layer or gradcam_layer(lm.model, x)
+        layer = layer or gradcam_target(trace_ops(lm.model, x))
         with torch.no_grad():
             predicted = int(lm.model(x).argmax())
         cam = grad_cam(lm.model, x, predicted, layer)
@@ -53,6 +57,46 @@ def test_gradcam_hottest_point_falls_inside_the_shape(demo_run, demo_data):
         chance.append(area / side**2)
     rate, chance_rate = float(np.mean(hits)), float(np.mean(chance))
     print(f"Grad-CAM hit rate {rate:.3f} over {len(hits)} images (chance {chance_rate:.3f}, "
-          f"layer {layer})")
+          f"layer {layer.module}, operation {layer.index})")
     assert len(hits) == 40
     assert rate >= 0.6 and rate >= 2 * chance_rate, (rate, chance_rate)
+
+
+class AuxBranch(torch.nn.Module):
+    """A classifier whose last-running 4-D map (the auxiliary head) is off the logits' path."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 3)
+        self.aux = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.head(f.mean(dim=(2, 3))), self.aux(f)
+
+
+def test_gradcam_target_is_the_last_map_on_the_path_to_the_logits_not_the_last_one_run():
+    torch.manual_seed(0)
+    model = AuxBranch().eval()
+    x = torch.randn(1, 3, 16, 16)
+    trace = trace_ops(model, x)
+    assert trace.records[-1].module == "aux" and len(trace.records[-1].output_shape) == 4
+    target = gradcam_target(trace)
+    assert (target.module, target.op, target.output_shape) == ("body.1", "relu", (1, 8, 16, 16))
+    cam = grad_cam(model, x, 0, target)
+    assert cam.shape == (16, 16) and cam.max() == 1.0 and cam.min() == 0.0
+
+
+def test_resnet18_gradcam_weighs_the_relu_after_the_last_residual_add():
+    from pipetrace.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("resnet18", 3)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    trace = trace_ops(model, x)
+    target = gradcam_target(trace)
+    assert (target.module, target.output_shape) == ("layer4.1.relu", (1, 512, 7, 7))
+    assert trace.records[target.inputs[0] - 1].kind == "residual add"  # the ReLU's second call
+    cam = grad_cam(model, x, 1)  # finds the same target itself
+    assert np.array_equal(cam, grad_cam(model, x, 1, target)) and cam.std() > 0.05

@@ -114,13 +114,15 @@ def random_checkpoint(path, name: str, classes=("ant", "bee", "wasp"), size: int
 
 
 def children_one_by_one(model: nn.Module, x: torch.Tensor) -> list[tuple[str, list[int]]]:
-    """Independent oracle for --depth 1: apply the direct children in order (flatten before
-    the first fully connected one, as resnet's and mobilenet's forward do)."""
+    """Independent oracle for --depth 1: apply the direct children in order, with the flatten
+    before the first fully connected one that resnet's and mobilenet's forward do (a row of
+    its own: it runs in the model's forward, outside every child)."""
     shapes = []
     for name, child in model.named_children():
         first = child[0] if isinstance(child, nn.Sequential) else child
-        if isinstance(first, nn.Linear):
+        if isinstance(first, nn.Linear) and x.ndim > 2:
             x = torch.flatten(x, 1)
+            shapes.append(("flatten", list(x.shape)))
         x = child(x)
         shapes.append((name, list(x.shape)))
     return shapes
@@ -145,6 +147,33 @@ def test_torchvision_models_predict_with_depth(name, tmp_path, capsys):
     assert main(["predict", ckpt, image, "--depth", "2"]) == 0  # the table, folded deeper
     out = capsys.readouterr().out
     assert "Top classes" in out and "block (" in out
+
+
+def test_predict_ops_shows_every_operation_of_a_resnet(tmp_path, capsys):
+    ckpt = random_checkpoint(tmp_path / "resnet18.pt", "resnet18", size=64)
+    image = str(write_image(tmp_path / "x.jpg", torch.randint(0, 255, (80, 80, 3),
+                                                               dtype=torch.uint8).numpy()))
+    assert main(["predict", ckpt, image, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert main(["predict", ckpt, image, "--ops"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) == len(doc["ops"]) == 70  # one row per operation, input included
+    adds = [line for line in rows if "residual add" in line]
+    assert len(adds) == 8 and all("add_ (in place)" in line and "residual add ⊕" in line
+                                  for line in adds)
+    for op, line in zip(doc["ops"], rows, strict=True):  # the table is the JSON's records
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        assert cells[0] == str(op["index"]) and cells[1] == op["module"]
+        assert cells[2].split()[0] == op["op"] and cells[3].split(" ⊕")[0] == op["kind"]
+        assert cells[4] == ", ".join(map(str, op["inputs"]))
+        assert cells[5] == " x ".join(map(str, op["output_shape"]))
+    lm = load_model(ckpt)
+    with torch.no_grad():
+        logits = lm.model(lm.input_for(image))
+    assert doc["ops"][doc["output"] - 1]["op"] == "linear"
+    assert doc["ops"][doc["output"] - 1]["output_shape"] == list(logits.shape)
+    assert doc["logits"] == pytest.approx(logits[0].tolist(), abs=1e-5)
 
 
 # -- unsafe or mismatched checkpoints: one line, exit code 2 -------------------------------------

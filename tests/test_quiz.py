@@ -40,6 +40,8 @@ def test_the_demo_quiz_is_the_one_its_trace_gives(demo_doc):
         "In which channel": decode["output"]["channel_order"],  # BGR
         "What shape did": " x ".join(map(str, model_input["shape"])),  # 32 x 3 x 224 x 224
         "Which layer turned": demo_doc["prediction"]["layers"][-1]["kind"],  # softmax
+        "What produced the": "flatten",  # the built-in CNN: pool -> flatten -> fc
+        "How many times": "0",  # ... and a single chain: no branches meet
         "What did the": "It fell" if epochs[-1]["train_loss"] < epochs[0]["train_loss"]
         else "It did not fall",
     }
@@ -58,6 +60,22 @@ def test_a_different_trace_gives_different_right_answers(demo_doc):
     assert after == {**before, "Which library decoded": "PIL", "In which channel": "RGB",
                      "What shape did": "8 x 3 x 32 x 32", "What did the": "It did not fall"}
     assert before["Which library decoded"] == "OpenCV" and before["What did the"] == "It fell"
+
+
+def test_the_graph_questions_follow_the_recorded_graph(demo_doc):
+    """Rewire the trace as a ResNet's would be (fc fed by the pooling, two joins): the right
+    answers move with it."""
+    doc = copy.deepcopy(demo_doc)
+    pred = doc["prediction"]
+    fc = next(r for r in pred["layers"] if r["kind"] == "fully connected")
+    pool = next(r for r in reversed(pred["layers"][:fc["index"] - 1]) if r["kind"] == "pooling")
+    fc["inputs"] = [pool["index"]]
+    for op in pred["ops"][3:5]:
+        op["join"] = True
+    answers = right_answers(doc)
+    assert answers["What produced the"] == "pooling" and answers["How many times"] == "2"
+    why = next(q for q in make_quiz(doc) if q.question.startswith("How many times"))
+    assert f"operation {pred['ops'][3]['index']}" in why.explanation
 
 
 def test_a_run_without_prediction_or_history_still_has_three_questions(demo_doc):

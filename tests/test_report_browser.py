@@ -112,15 +112,18 @@ def test_every_section_is_filled_with_this_runs_numbers(demo_run, open_page, tmp
 
     assert list(seen["sections"]) == list(SECTIONS)
     assert f"{doc['run']['model']['params']:,} parameters" in seen["header"]
-    # data flow: five stages, each with library, operation and a decoded picture
-    assert len(seen["stageRows"]) == len(doc["stages"]) == 5
-    for row, stage in zip(seen["stageRows"], doc["stages"], strict=True):
-        assert stage["name"] in row[1] and row[2] == stage["library"]
-        assert row[4] == stage["operation"]
-        assert row[6] == f"{stage['micros_per_item']:,.1f}"
-    assert " × ".join(map(str, doc["stages"][3]["output"]["shape"])) in seen["stageRows"][3][5]
+    # data flow: every traced step, each with its seed stage, library, operation, picture
+    steps = doc["data_flow"]["stages"]
+    assert len(seen["stageRows"]) == len(steps) == 8
+    for row, step in zip(seen["stageRows"], steps, strict=True):
+        assert step["name"] in row[1] and f"stage {step['seed']}" in row[1]
+        assert row[2] == step["library"] and row[4] == step["operation"]
+        assert row[6] == f"{step['micros_per_item']:,.1f}"
+    assert " × ".join(map(str, steps[-2]["output"]["shape"])) in seen["stageRows"][-2][5]
+    assert doc["data_flow"]["order"] in seen["sections"]["data-flow"]
     pictures = [p for p in seen["pictures"] if p[0] == "data-flow"]
-    assert len(pictures) == len(doc["stage_pictures"]) == 4 and all(p[1] for p in pictures)
+    assert len(pictures) == sum(s["picture"] is not None for s in steps) == 6
+    assert all(p[1] for p in pictures)
     # findings: each one, or the all-clear
     for finding in doc["findings"]:
         assert finding["title"] in seen["sections"]["findings"]

@@ -36,7 +36,10 @@ _EXPORTS = {
     "ModelConfig": "model", "build_model": "model",
     # the prediction trace
     "load_model": "predict", "trace_prediction": "predict", "predict_files": "predict",
-    "trace_layers": "layers", "LayerRecord": "layers", "grad_cam": "explain",
+    "record_prediction": "predict", "PredictionRecord": "predict",
+    "trace_layers": "layers", "LayerRecord": "layers", "LayerTrace": "layers",
+    "trace_ops": "ops", "OpRecord": "ops", "OpTrace": "ops", "replay": "ops",
+    "TraceError": "ops", "grad_cam": "explain", "gradcam_target": "explain",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,18 +1,25 @@
-"""The prediction trace: one image through the model's layers, recorded with forward hooks.
+"""The prediction trace: one image through the model, every operation, shown by module.
 
-Hooks live only inside :func:`recording` (a context manager that always removes them, as
-fastai's ``Hooks`` does); each layer becomes a plain :class:`LayerRecord`, and formatting
-happens elsewhere (torchinfo's split between ``LayerInfo`` and its printers).
+:func:`pipetrace.ops.trace_ops` records each tensor operation of the forward pass as a graph;
+this module folds those records into one row per module call at a chosen depth (the seed's
+layer walk: input tensor, convolution, ReLU, pooling, fully connected, softmax), keeps the
+operations that ran outside those modules (a residual block's ``out += identity``, the
+``torch.flatten`` before ``fc``, a ``torch.cat``) as rows of their own, and adds the softmax
+that turns the logits into probabilities. Rows are plain :class:`LayerRecord` data;
+formatting happens elsewhere (torchinfo's split between ``LayerInfo`` and its printers).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from .ops import OpRecord, OpTrace, describe, join_summary, trace_ops
 
 KIND_BY_TYPE = {
     "Conv1d": "convolution", "Conv2d": "convolution", "Conv3d": "convolution",
@@ -25,27 +32,32 @@ KIND_BY_TYPE = {
     "MaxPool2d": "pooling", "AvgPool2d": "pooling", "AdaptiveAvgPool2d": "pooling",
     "AdaptiveMaxPool2d": "pooling",
     "Linear": "fully connected", "Flatten": "flatten", "Dropout": "dropout",
-    "Softmax": "softmax", "Identity": "identity",
+    "Softmax": "softmax", "Identity": "identity", "MultiheadAttention": "attention",
 }
 SEED_KINDS = ("input tensor", "convolution", "ReLU", "pooling", "fully connected", "softmax")
 
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """One layer as the image passed through it."""
+    """One row of the prediction trace: a module call, or an operation outside the modules."""
 
     index: int  # 1-based, in execution order
-    name: str  # module path ("features.block1.conv"), or "input" / "softmax"
-    kind: str  # "convolution", "ReLU", "pooling", "fully connected", "softmax", ...
-    module_type: str  # "Conv2d", ... ("Tensor" for the input)
+    name: str  # module path ("features.block1.conv"), "module:op" for an operation
+    # outside the chosen modules ("layer1.0:add_", "flatten" in the model's own forward),
+    # or "input" / "softmax"
+    kind: str  # "convolution", "ReLU", "pooling", "fully connected", "residual add", ...
+    module_type: str  # "Conv2d", ...; the operation ("add_") for an operation's row
     output_shape: tuple[int, ...]
-    params: int  # parameters owned by this layer (and its children, when folded)
+    params: int  # parameters of the module (children included), or those the operation read
     min: float
     max: float
     mean: float
     zeros: float  # share of exact zeros in the output (what ReLU does)
-    micros: float  # wall time of this layer's forward, microseconds
+    micros: float  # wall time of the row's operations, microseconds
     stat: str = ""  # one-line human summary
+    inputs: tuple[int, ...] = ()  # rows whose outputs this row read (0: a tensor no row made)
+    join: str = ""  # branches meeting here: "residual add", "concatenation x 6" (folded rows)
+    ops: tuple[int, ...] = ()  # (first, last) operation of the row in LayerTrace.ops; () none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,103 +86,120 @@ def modules_at_depth(model: nn.Module, depth: int | None) -> list[tuple[str, nn.
     return chosen
 
 
-def _stats(t: torch.Tensor) -> tuple[float, float, float, float]:
-    tf = t.detach().float()
-    return float(tf.min()), float(tf.max()), float(tf.mean()), float((tf == 0).float().mean())
+def _op_row(r: OpRecord, index: int, inputs: tuple[int, ...]) -> LayerRecord:
+    if r.op == "input":
+        name, module_type = "input", "Tensor"
+    else:
+        name, module_type = (f"{r.module}:{r.op}" if r.module else r.op), r.op
+    return LayerRecord(index, name, r.kind, module_type, r.output_shape, r.params, r.min,
+                       r.max, r.mean, r.zeros, r.micros, r.stat, inputs,
+                       r.kind if r.join else "", (r.index, r.index))
 
 
-def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            if isinstance(o, torch.Tensor):
-                return o
-    return None
+def group_by_module(trace: OpTrace, model: nn.Module, depth: int | None) -> list[LayerRecord]:
+    """One row per call of a module chosen by :func:`modules_at_depth` (its operations and
+    sub-calls folded in), and one per operation that ran outside every chosen call."""
+    modules = dict(model.named_modules())
+    chosen = {name for name, _ in modules_at_depth(model, depth)}
+    holder: dict[int, int] = {0: 0}  # call -> the outermost chosen call it runs inside (0: none)
+    for c in trace.calls:  # parents begin before their children
+        holder[c.index] = holder[c.parent] or (c.index if c.name in chosen else 0)
+    items = [(r.index, 0, r.index) for r in trace.records if not holder[r.call]]
+    items += [(c.last_op if c.last_op >= c.first_op else c.first_op - 1, 1, c.index)
+              for c in trace.calls if holder[c.index] == c.index]
+    items.sort()
+    row_of: dict[int, int] = {}  # operation -> its row
+    for row, (_, is_call, i) in enumerate(items, start=1):
+        c = trace.calls[i - 1] if is_call else None
+        for op in range(c.first_op, c.last_op + 1) if c else (i,):
+            row_of[op] = row
+
+    def rows_of(ops: list[int]) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(row_of.get(i, 0) for i in ops))
+
+    rows = []
+    for row, (_, is_call, i) in enumerate(items, start=1):
+        if not is_call:
+            r = trace.records[i - 1]
+            rows.append(_op_row(r, row, rows_of(list(r.inputs))))
+            continue
+        c = trace.calls[i - 1]
+        inside = trace.records[c.first_op - 1:c.last_op]
+        outside = [j for r in inside for j in r.inputs if j < c.first_op] or list(c.inputs)
+        out = trace.records[c.output - 1] if c.output else None
+        mn, mx, mean, zeros = (out.min, out.max, out.mean, out.zeros) if out else (math.nan,) * 4
+        kind = layer_kind(modules[c.name]) if c.name in modules else c.module_type
+        rows.append(LayerRecord(
+            row, c.name, kind, c.module_type, out.output_shape if out else (), c.params, mn, mx,
+            mean, zeros, sum(r.micros for r in inside), describe(kind, mn, mx, mean, zeros),
+            rows_of(outside), join_summary([r.kind for r in inside if r.join]),
+            (c.first_op, c.last_op) if inside else ()))
+    return rows
 
 
-def describe(kind: str, mn: float, mx: float, mean: float, zeros: float) -> str:
-    if kind == "ReLU" or kind.startswith("activation"):
-        return f"{zeros:.0%} zeros, max {mx:.3g}, mean {mean:.3g}"
-    return f"min {mn:.3g}, max {mx:.3g}, mean {mean:.3g}"
-
-
-@contextlib.contextmanager
-def recording(model: nn.Module, depth: int | None = None):
-    """Record every chosen layer's output during forward passes inside the ``with`` block.
-
-    Yields the list that fills with :class:`LayerRecord` objects (input and softmax are
-    added by :func:`trace_layers`). Hooks are removed on exit, also after an exception.
-    """
-    records: list[LayerRecord] = []
-    starts: dict[int, float] = {}
-    handles = []
-
-    def pre_hook(module, _inputs):
-        starts[id(module)] = time.perf_counter()
-
-    def make_hook(name: str):
-        def hook(module, _inputs, output):
-            micros = (time.perf_counter() - starts.pop(id(module), time.perf_counter())) * 1e6
-            t = _first_tensor(output)
-            if t is None:
-                return
-            kind = layer_kind(module)
-            mn, mx, mean, zeros = _stats(t)
-            records.append(LayerRecord(
-                index=len(records) + 2, name=name, kind=kind, module_type=type(module).__name__,
-                output_shape=tuple(t.shape), params=sum(p.numel() for p in module.parameters()),
-                min=mn, max=mx, mean=mean, zeros=zeros, micros=micros,
-                stat=describe(kind, mn, mx, mean, zeros)))
-        return hook
-
-    try:
-        for name, module in modules_at_depth(model, depth):
-            handles.append(module.register_forward_pre_hook(pre_hook))
-            handles.append(module.register_forward_hook(make_hook(name)))
-        yield records
-    finally:
-        for h in handles:
-            h.remove()
+def classifier_logits(result, classes: int | None = None) -> torch.Tensor:
+    """The (1, classes) logits in what a model returned: the tensor itself, the first item of
+    a tuple or list, or a mapping's ``"logits"`` (Hugging Face's outputs are mappings)."""
+    want = "(1, classes)" if classes is None else f"(1, {classes})"
+    if isinstance(result, torch.Tensor):
+        logits = result
+    elif isinstance(result, Mapping) and isinstance(result.get("logits"), torch.Tensor):
+        logits = result["logits"]
+    elif isinstance(result, tuple | list) and result and isinstance(result[0], torch.Tensor):
+        logits = result[0]
+    else:
+        raise ValueError(f"the model returned {type(result).__name__}, not logits: return a "
+                         f"{want} tensor, a tuple or list whose first item is one, or a dict "
+                         "with 'logits'")
+    if logits.ndim != 2 or logits.shape[0] != 1 or (classes is not None
+                                                    and logits.shape[1] != classes):
+        raise ValueError(f"the model's logits have shape {tuple(logits.shape)}: expected {want}"
+                         + ("" if classes is None else f" for {classes} class names"))
+    return logits
 
 
 @dataclass(frozen=True)
 class LayerTrace:
     """The prediction trace of one image."""
 
-    layers: list[LayerRecord]  # input tensor, the model's layers, softmax
+    layers: list[LayerRecord]  # input tensor, the rows at `depth`, softmax
     logits: list[float]
     probabilities: list[float]
     top_k: list[tuple[str, float]]  # (class, probability), best first
+    ops: OpTrace | None = None  # every operation of the forward pass: the graph the rows fold
+    depth: int | None = None  # the module depth the rows were folded at (None: leaves)
 
     @property
     def predicted(self) -> str:
         return self.top_k[0][0]
 
 
-@torch.no_grad()
 def trace_layers(model: nn.Module, x: torch.Tensor, classes: list[str], *, top_k: int = 3,
-                 depth: int | None = None) -> LayerTrace:
-    """Run one (1, 3, H, W) input through ``model`` in eval mode and record every layer."""
+                 depth: int | None = None, tap: Callable | None = None) -> LayerTrace:
+    """Run one (1, 3, H, W) input through ``model`` in eval mode and record every operation,
+    shown by module at ``depth`` (``tap``: see :func:`pipetrace.ops.trace_ops`)."""
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"trace_layers takes one image as (1, 3, H, W), got {tuple(x.shape)}")
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be 1 or more (1 = the model's direct children), got {depth}")
     model.eval()
-    mn, mx, mean, zeros = _stats(x)
-    first = LayerRecord(1, "input", "input tensor", "Tensor", tuple(x.shape), 0, mn, mx, mean,
-                        zeros, 0.0, describe("input tensor", mn, mx, mean, zeros))
-    with recording(model, depth) as recs:
-        logits = model(x).float()
+    ops = trace_ops(model, x, tap=tap)
+    logits = classifier_logits(ops.result, len(classes)).detach().float()
+    rows = group_by_module(ops, model, depth)
     t0 = time.perf_counter()
     probs = torch.softmax(logits, dim=1)
     soft_micros = (time.perf_counter() - t0) * 1e6
     k = min(top_k, len(classes))
     values, idx = probs[0].topk(k)
     top = [(classes[int(i)], float(v)) for v, i in zip(values, idx, strict=True)]
-    mn, mx, mean, zeros = _stats(probs)
+    mn, mx, mean, zeros = (float(v) for v in (probs.min(), probs.max(), probs.mean(),
+                                              (probs == 0).float().mean()))
+    fed = next((r.index for r in reversed(rows) if r.ops and r.ops[0] <= ops.output <= r.ops[1]),
+               0)
     last = LayerRecord(
-        len(recs) + 2, "softmax", "softmax", "Softmax", tuple(probs.shape), 0, mn, mx, mean,
-        zeros, soft_micros, "top: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
-    return LayerTrace([first, *recs, last], logits[0].tolist(), probs[0].tolist(), top)
+        len(rows) + 1, "softmax", "softmax", "Softmax", tuple(probs.shape), 0, mn, mx, mean,
+        zeros, soft_micros, "top: " + ", ".join(f"{c} {p:.3f}" for c, p in top), (fed,))
+    return LayerTrace([*rows, last], logits[0].tolist(), probs[0].tolist(), top, ops, depth)
 
 
 def seed_kinds_in_order(layers: list[LayerRecord]) -> list[str]:

@@ -18,10 +18,12 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from .data import ImageDataset, LoaderConfig, make_loader, to_model_input
+from .explain import Explanation, FeatureMaps, explain
 from .images import LoadLimits
 from .layers import LayerTrace, trace_layers
 from .model import ModelConfig, build_model
 from .scan import IMAGE_EXTENSIONS, is_hidden_or_junk
+from .trace import chw_picture
 from .transforms import Preprocess
 
 
@@ -80,8 +82,53 @@ def load_model(source: str | os.PathLike) -> LoadedModel:
 
 def trace_prediction(lm: LoadedModel, image: str, *, top_k: int = 3,
                      depth: int | None = None) -> LayerTrace:
-    """The prediction trace of one image file."""
+    """The prediction trace of one image file: every operation, shown by module at ``depth``."""
     return trace_layers(lm.model, lm.input_for(image), lm.classes, top_k=top_k, depth=depth)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """Everything the views show of one traced prediction, pictures included."""
+
+    image: str
+    checkpoint: str  # the checkpoint file the model came from
+    classes: list[str]
+    true_class: str | None  # its class folder, when known
+    trace: LayerTrace  # the rows at `depth` and every operation under them
+    pictures: Explanation | None  # Grad-CAM and feature maps (None: not asked for)
+
+    def to_dict(self) -> dict:
+        """Everything but the pictures' pixels, as trace.json's ``prediction`` holds it."""
+        lt, ops = self.trace, self.trace.ops
+        block = {
+            "image": self.image, "true_class": self.true_class, "classes": self.classes,
+            "checkpoint": self.checkpoint, "depth": lt.depth,
+            "layers": [r.to_dict() for r in lt.layers],
+            "ops": [r.to_dict() for r in ops.records], "calls": [c.to_dict() for c in ops.calls],
+            "output": ops.output,
+            "top_k": [[c, p] for c, p in lt.top_k], "probabilities": lt.probabilities,
+            "logits": lt.logits, "predicted": lt.predicted,
+        }
+        if self.pictures is not None:
+            p = self.pictures
+            block |= {"gradcam_layer": p.gradcam_layer, "gradcam_op": p.gradcam_op,
+                      "gradcam_hottest": list(p.hottest), "feature_stages": p.feature_stages}
+        return block
+
+
+def record_prediction(lm: LoadedModel, image: str, *, top_k: int = 3, depth: int | None = None,
+                      true_class: str | None = None, pictures: bool = True) -> PredictionRecord:
+    """Trace one image file and, with ``pictures``, explain the predicted class: Grad-CAM at
+    the last feature map on the graph's path to the logits, the feature maps of the trace."""
+    x = lm.input_for(image)
+    features = FeatureMaps()
+    lt = trace_layers(lm.model, x, lm.classes, top_k=top_k, depth=depth,
+                      tap=features if pictures else None)
+    shown = None
+    if pictures:
+        shown = explain(lm.model, x, lt.ops, lm.classes.index(lt.predicted),
+                        chw_picture(x[0], lm.preprocess), features.stages)
+    return PredictionRecord(image, lm.source, lm.classes, true_class, lt, shown)
 
 
 def list_images(paths: list[str]) -> list[str]:

@@ -8,32 +8,37 @@ from pathlib import Path
 
 
 def add_predict(sub) -> None:
-    pr = sub.add_parser("predict", help="classify images and trace one through every layer")
+    pr = sub.add_parser("predict", help="classify images and trace one through every operation")
     pr.add_argument("model", help="run folder or checkpoint file")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--depth", type=int, default=None, help="fold modules deeper than this")
+    pr.add_argument("--depth", type=int, default=None,
+                    help="fold modules deeper than this (1 = the model's direct children)")
+    pr.add_argument("--ops", action="store_true",
+                    help="show every operation of the forward pass, not the rows by module")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--save", metavar="DIR", help="write pictures (one image) or predictions.csv")
     pr.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
-    from ..predict import list_images, load_model, predict_files, predictions_csv, trace_prediction
+    from ..predict import list_images, load_model, predict_files, predictions_csv, record_prediction
     from ..report import terminal as term
 
     console = term.make_console()
     lm = load_model(args.model)
     files = list_images(args.images)
     if len(files) == 1 and not os.path.isdir(args.images[0]):
-        lt = trace_prediction(lm, files[0], top_k=args.top_k, depth=args.depth)
+        record = record_prediction(lm, files[0], top_k=args.top_k, depth=args.depth,
+                                   pictures=bool(args.save))
+        lt = record.trace
         if args.json:
             import json
 
-            print(json.dumps({"image": files[0], "checkpoint": lm.source, "classes": lm.classes,
-                              "layers": [r.to_dict() for r in lt.layers], "logits": lt.logits,
-                              "probabilities": lt.probabilities, "top_k": lt.top_k,
-                              "predicted": lt.predicted}, indent=1))
+            print(json.dumps(record.to_dict(), indent=1))
+        elif args.ops:
+            console.print(term.op_table(lt.ops, title=f"Every operation — {term.clean(files[0])}"))
+            console.print("Top classes:\n" + term.top_k_lines(lt), markup=False)
         else:
             console.print(term.layer_table(lt, title=f"Prediction trace — {term.clean(files[0])}"))
             console.print("Top classes:\n" + term.top_k_lines(lt), markup=False)
@@ -41,8 +46,7 @@ def cmd_predict(args) -> int:
             from ..report.build import prediction_block
             from ..report.files import save_prediction_pictures
 
-            block, _, _ = prediction_block(lm, files[0], top_k=args.top_k, depth=args.depth)
-            save_prediction_pictures(block, args.save)
+            save_prediction_pictures(prediction_block(record), args.save)
         return 0
     preds = predict_files(lm, files, top_k=args.top_k)
     if args.json:

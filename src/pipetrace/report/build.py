@@ -11,23 +11,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..checks import Finding
-from ..explain import (
-    feature_grid,
-    grad_cam,
-    gradcam_layer,
-    heat_overlay,
-    hottest_point,
-    png_bytes,
-    strongest_feature_maps,
-)
+from ..explain import png_bytes
 from ..files import write_bytes_atomic, write_text_atomic
 from ..layers import LayerTrace
-from ..predict import LoadedModel, load_model, trace_prediction
+from ..predict import PredictionRecord, load_model, record_prediction
 from ..records import TrainResult
-from ..trace import DataFlow, chw_picture
+from ..trace import DataFlow
 from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
@@ -44,26 +34,15 @@ class RunArtifacts:
     findings: list[Finding]
 
 
-def prediction_block(lm: LoadedModel, image: str, *, top_k: int = 3, depth: int | None = None,
-                     true_class: str | None = None) -> tuple[dict, LayerTrace, np.ndarray]:
-    """The prediction trace of ``image`` with its pictures; returns (block, trace, heat map)."""
-    lt = trace_prediction(lm, image, top_k=top_k, depth=depth)
-    x = lm.input_for(image)
-    layer = gradcam_layer(lm.model, x)
-    cam = grad_cam(lm.model, x, lm.classes.index(lt.predicted), layer)
-    picture = chw_picture(x[0], lm.preprocess)
-    block = {
-        "image": image, "true_class": true_class, "classes": lm.classes,
-        "checkpoint": lm.source,
-        "layers": [r.to_dict() for r in lt.layers],
-        "top_k": [[c, p] for c, p in lt.top_k], "probabilities": lt.probabilities,
-        "logits": lt.logits, "predicted": lt.predicted,
-        "gradcam_layer": layer, "gradcam_hottest": list(hottest_point(cam)),
-        "input_picture": data_uri(png_bytes(picture)),
-        "gradcam": data_uri(png_bytes(heat_overlay(picture, cam))),
-        "feature_maps": data_uri(png_bytes(feature_grid(strongest_feature_maps(lm.model, x)))),
-    }
-    return block, lt, cam
+def prediction_block(record: PredictionRecord) -> dict:
+    """trace.json's ``prediction``: the record, its pictures as PNG data URIs."""
+    block = record.to_dict()
+    if record.pictures is not None:
+        p = record.pictures
+        block |= {"input_picture": data_uri(png_bytes(p.input)),
+                  "gradcam": data_uri(png_bytes(p.gradcam)),
+                  "feature_maps": data_uri(png_bytes(p.feature_maps))}
+    return block
 
 
 def training_block(result: TrainResult) -> dict:
@@ -133,8 +112,8 @@ def write_run_report(result: TrainResult, *, image: str | None, command: str,
         write_bytes_atomic(run / "confusion.png", confusion_png(result.confusion, result.classes))
     prediction, lt = None, None
     if image is not None and (run / "last.pt").exists():
-        lm = load_model(run)
-        prediction, lt, _ = prediction_block(lm, image, true_class=true_class)
+        record = record_prediction(load_model(run), image, true_class=true_class)
+        prediction, lt = prediction_block(record), record.trace
     findings = result.findings
     save_document(build_document(result, command=command, prediction=prediction,
                                  findings=findings), run / "trace.json")

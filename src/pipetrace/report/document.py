@@ -9,6 +9,11 @@ Schema: ``docs/trace-format.md``. Format versions:
 * 3 - ``data_flow`` replaces ``stages``, ``stage_pictures`` and ``stage_captions``: the steps
   observed as the loader ran them, in their order, each with its seed stage and picture; a
   flow-only trace (``pipetrace trace --out``) has ``run``/``training``/``prediction`` null.
+  The prediction trace records every operation: ``prediction.ops`` (one record per tensor
+  operation, with the records that fed it: a graph), ``prediction.calls`` (module calls),
+  ``prediction.output`` and ``prediction.depth``; each ``prediction.layers[]`` row gains
+  ``inputs``, ``join`` and ``ops``, and operations outside the shown modules (residual adds,
+  flattens, concatenations) are rows of their own; ``gradcam_op`` and ``feature_stages``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..ops import join_summary
 from .quiz import first_image_step, flow_steps, model_input
 
 NEXT_STEP = {
@@ -58,4 +59,11 @@ def make_insight(doc: dict) -> list[str]:
                                             else f" (the true class is {truth})")
         out.append(f"The traced image was classified as {pred['predicted']} with probability "
                    f"{pred['top_k'][0][1]:.2f}{verdict}.")
+        ops = [o for o in pred.get("ops") or [] if o["op"] != "input"]
+        if ops:
+            joins = [o["kind"] for o in ops if o["join"]]
+            met = (f"; branches met {len(joins)} times ({join_summary(joins)})" if joins
+                   else "; it is a single chain: no branches met")
+            out.append(f"Its forward pass ran {len(ops)} operations in "
+                       f"{len(pred.get('calls') or [])} module calls{met}.")
     return out

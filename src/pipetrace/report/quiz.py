@@ -47,6 +47,33 @@ def model_input(steps: list[dict]) -> dict | None:
     return before[-1]["output"] if before else None
 
 
+def _graph_questions(pred: dict) -> list[Question]:
+    """Questions about the recorded graph: what fed the classifier, how often branches met."""
+    qs: list[Question] = []
+    rows = pred["layers"]
+    fc = next((r for r in rows if r["kind"] == "fully connected"), None)
+    if fc is not None and fc["inputs"] and fc["inputs"][0]:
+        src = rows[fc["inputs"][0] - 1]
+        qs.append(_ask(f"What produced the tensor that the first fully connected layer "
+                       f"({fc['name']}) read?", src["kind"],
+                       ["pooling", "convolution", "softmax", "ReLU", "flatten"],
+                       f"In the recorded graph, row {fc['index']} ({fc['name']}) read the "
+                       f"{_dims(src['output_shape'])} output of row {src['index']}, "
+                       f"{src['name']} ({src['kind']})."))
+    ops = pred.get("ops") or []
+    if ops:
+        joins = [o for o in ops if o["join"]]
+        n = len(joins)
+        where = (f" first in {joins[0]['module'] or 'the forward'} ({joins[0]['kind']}, "
+                 f"operation {joins[0]['index']})" if joins else "")
+        qs.append(_ask("How many times did two branches of the network meet (a residual add, a "
+                       "concatenation) on this image's way through the model?", str(n),
+                       [str(n + 1), str(max(n - 1, 0)), str(2 * n + 2), "0", "1"],
+                       f"{n} of the {sum(o['op'] != 'input' for o in ops)} recorded operations "
+                       f"read the outputs of two or more earlier operations{where}."))
+    return qs
+
+
 def make_quiz(doc: dict) -> list[Question]:
     """At least three questions about what the pipeline really did."""
     qs: list[Question] = []
@@ -85,6 +112,7 @@ def make_quiz(doc: dict) -> list[Question]:
                        ["ReLU", "pooling", "fully connected", "convolution"],
                        f"The last layer ({prob_layer}) output sums to 1; its top class was "
                        f"{pred['predicted']} at {pred['top_k'][0][1]:.2f}."))
+        qs.extend(_graph_questions(pred))
     epochs = (doc.get("training") or {}).get("epochs", [])
     if len(epochs) >= 2:
         first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]

@@ -20,6 +20,7 @@ from rich.table import Table
 from ..errors import ErrorAnalysis
 from ..files import safe_text
 from ..layers import LayerTrace
+from ..ops import OpTrace
 from ..pipeline import SEED_STAGES
 from ..records import EpochRecord, Observer, TrainResult
 from ..trace import DataFlow
@@ -129,14 +130,46 @@ def ascii_chart(values: Sequence[float], *, label: str = "Loss", width: int = 40
     return "\n".join(lines)
 
 
+def dims(shape: Sequence[int]) -> str:
+    return " x ".join(str(d) for d in shape)
+
+
+def rows_text(rows: Sequence[int]) -> str:
+    """The records a row read: '10, 5' (0, a tensor no record made, is '?')."""
+    return ", ".join(str(i) if i else "?" for i in rows)
+
+
+def _columns(t: Table, names: Sequence[str], fold: Sequence[str]) -> None:
+    """Short columns keep their width; only the ``fold`` ones wrap when the table is too wide."""
+    for col in names:
+        t.add_column(col, overflow="fold", no_wrap=col not in fold,
+                     justify="right" if col in ("params", "µs") else "left")
+
+
 def layer_table(trace: LayerTrace, title: str = "Prediction trace") -> Table:
+    """One row per module call at the trace's depth, and per operation outside them."""
+    joins = any(r.join for r in trace.layers)  # a chain (the seed's CNN) needs no such column
     t = Table(title=title, title_justify="left")
-    for col in ("layer", "name", "kind", "output shape", "params", "statistic", "µs"):
-        t.add_column(col, overflow="fold")
+    _columns(t, ("layer", "name", "kind", "from", "output shape", "params", "statistic", "µs",
+                 *(("branches join",) if joins else ())), fold=("name", "statistic",
+                                                                "branches join"))
     for r in trace.layers:
-        shape = " x ".join(str(d) for d in r.output_shape)
-        t.add_row(str(r.index), clean(r.name), clean(r.kind), shape, f"{r.params:,}",
-                  clean(r.stat), f"{r.micros:,.0f}")
+        t.add_row(str(r.index), clean(r.name), clean(r.kind), rows_text(r.inputs),
+                  dims(r.output_shape), f"{r.params:,}", clean(r.stat), f"{r.micros:,.0f}",
+                  *((clean(r.join),) if joins else ()))
+    return t
+
+
+def op_table(trace: OpTrace, title: str = "Every operation") -> Table:
+    """One row per recorded operation, in execution order, with the records it read;
+    ⊕ marks an operation where branches join, "(in place)" one that changed its input."""
+    t = Table(title=f"{title} (⊕: branches join)", title_justify="left")
+    _columns(t, ("#", "module", "op", "kind", "from", "output shape", "params", "statistic",
+                 "µs"), fold=("module", "statistic"))
+    for r in trace.records:
+        t.add_row(str(r.index), clean(r.module), clean(r.op) + (" (in place)" if r.inplace else ""),
+                  clean(r.kind) + (" ⊕" if r.join else ""), rows_text(r.inputs),
+                  dims(r.output_shape), f"{r.params:,}", clean(r.stat), f"{r.micros:,.0f}")
     return t
 
 
