@@ -1,0 +1,69 @@
+"""What a finished run is looked at with, computed once on the library side: the prediction
+trace of one validation image and the pictures of the worst predictions.
+
+The views (``report/``) only render what :func:`analyse_run` returns; nothing there loads a
+model or runs a check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ErrorAnalysis, ImageError
+from .explain import grad_cam, gradcam_target, heat_overlay
+from .images import load_pil
+from .ops import trace_ops
+from .predict import LoadedModel, PredictionRecord, load_model, record_prediction
+from .records import TrainResult
+from .trace import chw_picture, thumbnail
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One of the worst predictions, with what the model saw and where it looked."""
+
+    error: ImageError
+    model_input: np.ndarray = field(repr=False)  # (S, S, 3) uint8: the input, de-normalized
+    original: np.ndarray = field(repr=False)  # (h, w, 3) uint8: the file as decoded, small
+    gradcam: np.ndarray = field(repr=False)  # (S, S, 3) uint8: Grad-CAM of the predicted class
+    gradcam_layer: str  # where the heat map was taken
+
+
+def error_gallery(lm: LoadedModel, errors: ErrorAnalysis, n: int = 8) -> list[GalleryItem]:
+    """The ``n`` highest-loss images: the model's input, the original file and Grad-CAM for
+    the class the model predicted (at the last feature map on the graph's path to the logits)."""
+    items, target = [], None
+    for e in errors.top_losses[:n]:
+        x = lm.input_for(e.path)
+        if target is None:  # one model, one graph: the same operation for every image
+            target = gradcam_target(trace_ops(lm.model, x))
+        cam = grad_cam(lm.model, x, lm.classes.index(e.predicted), target)
+        seen = chw_picture(x[0], lm.preprocess)
+        items.append(GalleryItem(e, seen, thumbnail(np.asarray(load_pil(e.path))),
+                                 heat_overlay(seen, cam), target.module or target.op))
+    return items
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """What the report shows of a finished run beyond its records."""
+
+    prediction: PredictionRecord | None = None  # one image traced through every operation
+    gallery: list[GalleryItem] = field(default_factory=list)  # the worst predictions
+
+
+def analyse_run(result: TrainResult, *, image: str | None, true_class: str | None = None,
+                gallery: int = 8) -> RunAnalysis:
+    """Load the run's model once; trace ``image`` and picture the worst predictions."""
+    run = Path(result.run_dir)
+    if not (run / "last.pt").exists():
+        return RunAnalysis()
+    prediction = (record_prediction(load_model(run), image, true_class=true_class)
+                  if image is not None else None)  # the model the run serves: best.pt
+    items = []
+    if result.errors is not None and gallery:  # the model that made predictions.csv: last.pt
+        items = error_gallery(load_model(run / "last.pt"), result.errors, gallery)
+    return RunAnalysis(prediction, items)
