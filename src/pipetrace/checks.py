@@ -10,31 +10,16 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .findings import SEVERITIES, Finding
 from .trace import Summary, detect_channel_order, summarize
 from .transforms import Preprocess
 
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: what, where, the evidence, and a one-line fix."""
-
-    check: str  # "channel-order", "exif", "layout", "scale", "normalization", "skew", "class-order", ...
-    severity: str  # "error", "warning" or "info"
-    stage: str  # "1 load", "2 convert", "3 transform", "4 batch", "5 train" or "dataset"
-    title: str
-    evidence: str
-    fix: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["SEVERITIES", "Finding", "check_class_order", "inspect_batch", "run_checks"]
 
 
 # -- channel order and EXIF (stages 1-2) ---------------------------------------------------------
@@ -195,8 +180,9 @@ def check_class_order(classes: Sequence[str]) -> list[Finding]:
 # -- a whole run -----------------------------------------------------------------------------------
 
 def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
-    """Findings for a training run, from its recorded stages and sampled batch statistics."""
-    findings = check_class_order(result.classes)
+    """Findings for a training run: those ``train`` found in the dataset before its first
+    epoch (``result.findings``), then those from its recorded stages and batch statistics."""
+    findings = list(result.findings)
     pre = result.preprocess
     by_index = {s.index: s for s in result.stages}
     if 2 in by_index and by_index[2].output.channel_order == "BGR":

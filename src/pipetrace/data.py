@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import (
+    NO_SUCH_FILE,
     CheckedFile,
     ImageLoadError,
     LoadLimits,
@@ -133,7 +134,13 @@ class ImageDataset(Dataset):
 
     def _read(self, i: int) -> bytes:
         file = self.samples[i][0]
-        data, stamp = read_file(file)
+        try:
+            data, stamp = read_file(file)
+        except ImageLoadError as exc:  # a file seen when the dataset was built is gone now
+            if exc.reason == NO_SUCH_FILE and self.stamps is not None and self.stamps[i]:
+                raise ImageLoadError(file, "file disappeared since the dataset was "
+                                     "scanned") from None
+            raise
         if self.stamps is not None and stamp != self.stamps[i]:
             raise ImageLoadError(file, "file changed since the dataset was scanned (size or "
                                  "modification time differ)")

@@ -60,6 +60,8 @@ class TrainResult:
     dataset: dict = field(default_factory=dict)  # split layout and counts
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
+    interrupted_at: tuple[int, int, int] | None = None  # (epoch, step, steps per epoch) at Ctrl-C
+    findings: list = field(default_factory=list)  # checks.Finding: the dataset, before epoch 1
 
     @property
     def per_class_accuracy(self) -> list[float | None]:

@@ -251,12 +251,12 @@ def trace_model_stage(x: torch.Tensor, model=None, classes: list[str] | None = N
         model.eval()
         with torch.no_grad():
             out, t = _timed(model, x)
-        probs = torch.softmax(out.float(), 1)[0]
-        top = probs.topk(min(3, probs.numel()))
+        probs = torch.softmax(out.float(), 1)  # (N, classes): what the row shows, not logits
+        top = probs[0].topk(min(3, probs.shape[1]))
         names = [classes[int(i)] if classes else str(int(i)) for i in top.indices]
         text = ", ".join(f"{n} {float(p):.3f}" for n, p in zip(names, top.values, strict=True))
-        return StageRecord(5, "Model forward", "PyTorch", "model(x) + softmax", summarize(x),
-                           summarize(out), t / x.shape[0], f"top classes: {text}")
+        return StageRecord(5, "Model forward", "PyTorch", "softmax(model(x), dim=1)",
+                           summarize(x), summarize(probs), t / x.shape[0], f"top classes: {text}")
     net = build_model(ModelConfig("pipenet-s", 4))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     target = torch.zeros(x.shape[0], dtype=torch.int64)

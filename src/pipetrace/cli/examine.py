@@ -6,10 +6,9 @@ import os
 import sys
 
 
-def add_trace(sub) -> None:
+def add_trace(tr) -> None:
     from ..trace import PLANTS
 
-    tr = sub.add_parser("trace", help="the five-stage data-flow table for one image")
     tr.add_argument("image")
     tr.add_argument("--size", type=int, default=224)
     tr.add_argument("--crop-pct", type=float, default=0.875)
@@ -57,6 +56,8 @@ def cmd_trace(args) -> int:
     else:
         console = term.make_console()
         console.print(term.stage_table(records, title=f"Data flow — {term.clean(args.image)}"))
+        if lm is not None and records[-1].note.startswith("top classes"):
+            console.print(f"Probabilities (softmax), {term.clean(records[-1].note)}")
         for f in findings:
             console.print(f"[{'red' if f.severity == 'error' else 'yellow'}]{f.severity}[/] "
                           f"(stage {f.stage}) {term.clean(f.title)}: {term.clean(f.evidence)}\n"
@@ -66,11 +67,9 @@ def cmd_trace(args) -> int:
     return 1 if any(f.severity == "error" for f in findings) else 0
 
 
-def add_check(sub) -> None:
+def add_check(c) -> None:
     from ..images import LoadLimits
 
-    c = sub.add_parser("check", help="read every file of a dataset once and report problems "
-                       "(exit 0 clean, 1 warnings, 2 errors)")
     c.add_argument("data", help="dataset root (train/ + val/, or class folders)")
     c.add_argument("--json", action="store_true", help="print the full report as JSON")
     c.add_argument("--fast", action="store_true",
