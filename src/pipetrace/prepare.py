@@ -1,8 +1,7 @@
 """The dataset folder -> the training and validation datasets of one run.
 
 Scan the folder (``train/`` + ``val/``, or a seeded split), check every file's header before
-training, refuse a dataset with too many unreadable files, fewer than two classes or fewer
-than two training images, leave out (with a warning) class folders without a usable training
+training, refuse a dataset with too many unreadable files or fewer than two classes, leave out (with a warning) class folders without a usable training
 image, run the quick dataset checks (``doctor.quick_check``), and build both
 :class:`~pipetrace.data.ImageDataset` objects with the run's preprocessing contract.
 
@@ -78,7 +77,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
         raise DatasetRefused(bad_fraction_message(bad, total, cfg))
     classes, train_samples, val_samples, val_checked, findings = leave_out_empty_classes(
         classes, train_samples, val_samples, val_checked)
-    refuse_too_small(cfg.data, classes, train_samples)
+    refuse_too_small(cfg.data, classes)
     val_name = splits.layout.split("+", 1)[1] if splits.val is not None else "val"
     ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
     findings += quick_check([("train", train_samples, train_checked),
@@ -139,18 +138,15 @@ def leave_out_empty_classes(classes: list[str], train: list[tuple[str, int]],
             [(p, new[label]) for (p, label), _ in kept], [c for _, c in kept], [finding])
 
 
-def refuse_too_small(root: str, classes: list[str], train: list[tuple[str, int]]) -> None:
-    """A classifier needs two classes, and batch norm needs two images in a batch."""
+def refuse_too_small(root: str, classes: list[str]) -> None:
+    """A classifier needs two classes (each with a training image, so two images at least:
+    batch norm never sees a batch of one)."""
     if len(classes) < 2:
         which = f" ({safe_text(classes[0])!r})" if classes else ""
         raise DatasetRefused(f"{safe_text(str(root))!r} has {len(classes)} class with images"
                              f"{which}: a classifier needs at least 2 class folders "
                              "(root/<class>/<images>); a single class trains to a meaningless "
                              "accuracy of 1.0")
-    if len(train) < 2:
-        raise DatasetRefused(f"{safe_text(str(root))!r} has {len(train)} usable training "
-                             "image(s): training needs at least 2 (batch norm cannot learn "
-                             "from a batch of one image)")
 
 
 def _counts(samples, classes) -> dict[str, int]:

@@ -86,6 +86,7 @@ def claim(run: str | os.PathLike) -> Iterator[Path]:
     Raises :class:`RunFolderError` at once when another process holds it.
     """
     run = Path(run)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(run)
     if key in _held:
@@ -100,6 +101,10 @@ def claim(run: str | os.PathLike) -> Iterator[Path]:
         yield run
     finally:
         del _held[key]
+        if created and os.listdir(run) == [LOCK_NAME]:  # a refused run leaves nothing
+            with contextlib.suppress(OSError):
+                os.unlink(run / LOCK_NAME)
+                os.rmdir(run)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

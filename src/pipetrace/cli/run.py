@@ -90,6 +90,7 @@ def cmd_train(args) -> int:
     from ..config import PRESETS, TrainConfig
     from ..distributed import env_requests_distributed
     from ..runfolder import claim, claim_next_free
+    from ..train import check_device_exists, resolve_device
 
     if not args.data and not args.resume:
         raise ValueError("train needs the dataset folder: pipetrace train DATA_DIR (or "
@@ -105,6 +106,7 @@ def cmd_train(args) -> int:
     if args.resume:
         values["out"] = args.resume
     cfg = TrainConfig(**values)  # every field checked here, before anything is scanned
+    check_device_exists(resolve_device(cfg.device))  # ... or any folder is made
     if env_requests_distributed(os.environ) and os.environ.get("RANK") != "0":
         return _train(args, cfg)  # only rank 0 writes (and claims) the run folder
     if args.resume or args.out:
@@ -147,7 +149,7 @@ def print_run(console, result, art) -> None:
     from ..report import terminal as term
 
     if result.stopped == "interrupted":  # one line, then the short summary only
-        console.print(interrupted_line(result), markup=False)
+        console.print(interrupted_line(result), markup=False, soft_wrap=True)  # one line
         term.print_training(console, result)
         console.print(f"Wrote {term.clean(result.run_dir)}/: trace.json, report.html, "
                       "metrics.jsonl, metrics.csv")
