@@ -147,6 +147,11 @@ class DatasetReport:
         n = Counter(f.severity for f in self.findings)
         return {s: n.get(s, 0) for s in SEVERITIES}
 
+    def _repr_html_(self) -> str:  # Jupyter: counts per class, then the findings
+        from .report.notebook import dataset_report_html
+
+        return dataset_report_html(self)
+
     @property
     def exit_code(self) -> int:
         """0 clean (info only), 1 warnings, 2 errors."""

@@ -38,6 +38,11 @@ class EpochRecord:
     def point(self) -> Point:
         return Point(self.train_loss, self.train_acc, self.val_loss, self.val_acc)
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's epoch table, one row
+        from .report.notebook import epochs_html
+
+        return epochs_html([self])
+
 
 @dataclass
 class TrainResult:
@@ -66,6 +71,11 @@ class TrainResult:
     @property
     def per_class_accuracy(self) -> list[float | None]:
         return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion)]
+
+    def _repr_html_(self) -> str:  # Jupyter: the finished run
+        from .report.notebook import run_html
+
+        return run_html(self)
 
 
 class Observer:

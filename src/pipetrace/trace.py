@@ -66,6 +66,11 @@ class StageRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's data-flow table, one row
+        from .report.notebook import stages_html
+
+        return stages_html([self])
+
 
 def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Summary:
     """Measure an object of the pipeline: bytes, an HWC array, a PIL image or a tensor."""

@@ -1,10 +1,21 @@
-"""The quiz: multiple-choice questions whose right answers come from this run's trace."""
+"""The quiz: multiple-choice questions about what THIS run did, answered from its trace.
+
+Each template in :data:`TEMPLATES` reads one fact of the trace document (a stage's library,
+shape, dtype or time, the classes, the curve, the findings, the prediction) and asks about it,
+with wrong choices built around the right one. ``make_quiz`` draws :data:`QUESTIONS` of the
+templates that apply, seeded by the run (so two runs get different quizzes, and the same
+trace always gives the same one), and shuffles each question's choices with that seed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+QUESTIONS = 6  # questions per quiz (fewer when fewer templates apply)
 
 
 @dataclass(frozen=True)
@@ -13,65 +24,258 @@ class Question:
     choices: list[str]
     answer: int  # index of the right choice
     explanation: str  # shown after answering, with the evidence from the trace
+    topic: str = ""  # the template that asked it (see TEMPLATES)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _ask(question: str, right: str, wrong: list[str], why: str) -> Question:
-    """Shuffle the choices deterministically (same trace, same quiz)."""
-    choices = [right, *[w for w in dict.fromkeys(wrong) if w != right][:3]]
-    rng = random.Random(hashlib.sha256(question.encode()).digest())
-    rng.shuffle(choices)
-    return Question(question, choices, choices.index(right), why)
+@dataclass(frozen=True)
+class Draft:
+    """A question before its choices are shuffled."""
+
+    question: str
+    right: str
+    wrong: list[str]
+    explanation: str
 
 
 def _dims(shape) -> str:
     return " x ".join(str(d) for d in shape)
 
 
-def make_quiz(doc: dict) -> list[Question]:
-    """At least three questions about what the pipeline really did."""
-    qs: list[Question] = []
-    stages = {s["index"]: s for s in doc.get("stages", [])}
-    if 1 in stages:
-        lib = stages[1]["library"]
-        qs.append(_ask("Which library read the images from disk in this run?", lib,
-                       ["PIL", "torchvision", "NumPy", "OpenCV"],
-                       f"Stage 1 ran {stages[1]['operation']} ({lib}), giving a "
-                       f"{_dims(stages[1]['output']['shape'])} {stages[1]['output']['dtype']} "
-                       "array."))
-        order = stages[1]["output"]["channel_order"]
-        if order in ("RGB", "BGR"):
-            qs.append(_ask("In which channel order did stage 1 hand over the pixels?", order,
-                           ["RGB", "BGR", "RGBA", "HSV"],
-                           f"Checked against an independent PIL decode of the same file: "
-                           f"{order}. Stage 2 converted it to "
-                           f"{stages.get(2, {}).get('output', {}).get('channel_order', '?')}."))
-    if 4 in stages:
-        shape = list(stages[4]["output"]["shape"])
-        if len(shape) == 4:
-            n, c, h, w = shape
-            qs.append(_ask("What shape did a training batch have when it reached the model?",
-                           _dims(shape),
-                           [_dims([n, h, w, c]), _dims([c, h, w]), _dims([h, w, c, n]),
-                            _dims([n, c, h // 2 or 1, w // 2 or 1])],
-                           f"Stage 4 stacked {n} images of {c} x {h} x {w}: N x C x H x W."))
+def _stages(doc: dict) -> dict[int, dict]:
+    return {s["index"]: s for s in doc.get("stages", [])}
+
+
+def _epochs(doc: dict) -> list[dict]:
+    return doc.get("training", {}).get("epochs", [])
+
+
+# -- the templates: doc -> Draft, or None when the trace lacks what it asks about -------------
+
+def loader_library(doc: dict) -> Draft | None:
+    s = _stages(doc).get(1)
+    if s is None:
+        return None
+    out = s["output"]
+    return Draft("Which library read the images from disk in this run?", s["library"],
+                 ["PIL", "torchvision", "NumPy", "OpenCV", "imageio"],
+                 f"Stage 1 ran {s['operation']} ({s['library']}), giving a "
+                 f"{_dims(out['shape'])} {out['dtype']} array.")
+
+
+def channel_order(doc: dict) -> Draft | None:
+    s = _stages(doc).get(1)
+    if s is None or s["output"]["channel_order"] not in ("RGB", "BGR"):
+        return None
+    order = s["output"]["channel_order"]
+    after = _stages(doc).get(2, {}).get("output", {}).get("channel_order", "?")
+    return Draft("In which channel order did stage 1 hand over the pixels?", order,
+                 ["RGB", "BGR", "RGBA", "HSV"],
+                 f"Checked against an independent PIL decode of the same file: {order}. "
+                 f"Stage 2 converted it to {after}.")
+
+
+def batch_shape(doc: dict) -> Draft | None:
+    s = _stages(doc).get(4)
+    if s is None or len(s["output"]["shape"]) != 4:
+        return None
+    n, c, h, w = s["output"]["shape"]
+    return Draft("What shape did a training batch have when it reached the model?",
+                 _dims([n, c, h, w]),
+                 [_dims([n, h, w, c]), _dims([c, h, w]), _dims([h, w, c, n]),
+                  _dims([n, c, h // 2 or 1, w // 2 or 1])],
+                 f"Stage 4 stacked {n} images of {c} x {h} x {w}: N x C x H x W.")
+
+
+def batch_dtype(doc: dict) -> Draft | None:
+    s = _stages(doc).get(4)
+    if s is None:
+        return None
+    dtype = s["output"]["dtype"]
+    return Draft("Which dtype did the batch have when it reached the model?", dtype,
+                 ["uint8", "float32", "float16", "float64", "int64"],
+                 f"Stage 4's output was {s['output']['pytype']} {dtype}, range "
+                 f"[{s['output']['min']:.3g}, {s['output']['max']:.3g}].")
+
+
+def normalized_range(doc: dict) -> Draft | None:
+    s = _stages(doc).get(3)
+    if s is None or s["output"]["min"] is None:
+        return None
+    lo, hi = s["output"]["min"], s["output"]["max"]
+    right = f"[{lo:.2f}, {hi:.2f}]"
+    return Draft("What range did the values span after stage 3 (the transforms)?", right,
+                 ["[0.00, 255.00]", "[0.00, 1.00]", "[-1.00, 1.00]", f"[{lo / 2:.2f}, {hi / 2:.2f}]"],
+                 f"Stage 3 ({s['operation']}) gave {s['output']['dtype']} values from {lo:.3g} "
+                 f"to {hi:.3g}.")
+
+
+def slowest_stage(doc: dict) -> Draft | None:
+    stages = [s for s in doc.get("stages", []) if s["index"] <= 4]
+    if len(stages) < 2:
+        return None
+    slow = max(stages, key=lambda s: s["micros_per_item"])
+    return Draft("Which stage of the data flow took the most time per image?", slow["name"],
+                 [s["name"] for s in stages],
+                 f"{slow['name']} ({slow['library']}) took {slow['micros_per_item']:,.1f} µs per "
+                 "image, the most of stages 1-4.")
+
+
+def class_count(doc: dict) -> Draft | None:
+    classes = doc.get("run", {}).get("classes")
+    if not classes:
+        return None
+    n = len(classes)
+    return Draft("How many classes did this run's model learn to tell apart?", str(n),
+                 [str(n + 1), str(max(n - 1, 1)), str(2 * n), str(n + 10)],
+                 f"The checkpoint's class list: {', '.join(classes[:8])}"
+                 + (", ..." if n > 8 else "") + ".")
+
+
+def training_images(doc: dict) -> Draft | None:
+    ds = doc.get("run", {}).get("dataset", {})
+    if "train_images" not in ds:
+        return None
+    n, v = ds["train_images"], ds.get("val_images", 0)
+    return Draft("How many images did this run train on (per epoch)?", f"{n:,}",
+                 [f"{n + v:,}", f"{v:,}", f"{2 * n:,}", f"{n // 2:,}"],
+                 f"{n:,} training images; {v:,} held for validation ({ds.get('val_source', '?')}).")
+
+
+def parameter_count(doc: dict) -> Draft | None:
+    model = doc.get("run", {}).get("model", {})
+    if not model.get("params"):
+        return None
+    p = model["params"]
+    return Draft(f"How many weights does this run's {model['name']} have?", f"{p:,}",
+                 [f"{p * 10:,}", f"{max(p // 10, 1):,}", f"{p * 100:,}", f"{p * 3:,}"],
+                 f"Counted from the model that trained: {p:,} parameters.")
+
+
+def input_size(doc: dict) -> Draft | None:
+    pre = doc.get("run", {}).get("preprocess")
+    if not pre:
+        return None
+    s = pre["size"]
+    return Draft("What side length, in pixels, did the model's input have?", str(s),
+                 [str(v) for v in (224, 256, 32, 64, 299, 2 * s) if v != s],
+                 f"The preprocessing contract saved with the model: {s} x {s}, crop_pct "
+                 f"{pre['crop_pct']}.")
+
+
+def loss_trend(doc: dict) -> Draft | None:
+    epochs = _epochs(doc)
+    if len(epochs) < 2:
+        return None
+    first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]
+    return Draft("What did the training loss do over the epochs?",
+                 "It fell" if last < first else "It did not fall",
+                 ["It fell", "It did not fall", "It stayed exactly the same", "It became NaN"],
+                 f"Epoch 1: {first:.3f}; epoch {epochs[-1]['epoch']}: {last:.3f}.")
+
+
+def best_epoch(doc: dict) -> Draft | None:
+    epochs = [e for e in _epochs(doc) if e.get("val_acc") is not None]
+    if len(epochs) < 2:
+        return None
+    best = max(epochs, key=lambda e: e["val_acc"])
+    return Draft("In which epoch was the validation accuracy highest?", str(best["epoch"]),
+                 [str(e["epoch"]) for e in epochs],
+                 f"Epoch {best['epoch']} reached {best['val_acc']:.3f} "
+                 f"(epoch 1: {epochs[0]['val_acc']:.3f}).")
+
+
+def weakest_class(doc: dict) -> Draft | None:
+    accs = doc.get("training", {}).get("per_class_accuracy") or []
+    classes = doc.get("run", {}).get("classes") or []
+    known = [(a, c) for a, c in zip(accs, classes, strict=False) if a is not None]
+    if len(known) < 2 or len({a for a, _ in known}) < 2:
+        return None
+    acc, name = min(known)
+    return Draft("Which class had the lowest validation accuracy?", name,
+                 [c for _, c in known],
+                 f"{name}: {acc:.2f}; the best class reached {max(known)[0]:.2f}.")
+
+
+def predicted_class(doc: dict) -> Draft | None:
     pred = doc.get("prediction")
-    if pred:
-        kinds = [layer["kind"] for layer in pred["layers"]]
-        prob_layer = "softmax" if "softmax" in kinds else kinds[-1]
-        qs.append(_ask("Which layer turned the model's scores into probabilities?", prob_layer,
-                       ["ReLU", "pooling", "fully connected", "convolution"],
-                       f"The last layer ({prob_layer}) output sums to 1; its top class was "
-                       f"{pred['predicted']} at {pred['top_k'][0][1]:.2f}."))
-    epochs = doc.get("training", {}).get("epochs", [])
-    if len(epochs) >= 2:
-        first, last = epochs[0]["train_loss"], epochs[-1]["train_loss"]
-        fell = last < first
-        right = "It fell" if fell else "It did not fall"
-        qs.append(_ask("What did the training loss do over the epochs?", right,
-                       ["It fell", "It did not fall", "It stayed exactly the same",
-                        "It became NaN"],
-                       f"Epoch 1: {first:.3f}; epoch {epochs[-1]['epoch']}: {last:.3f}."))
-    return qs
+    if not pred or len(pred.get("classes", [])) < 2:
+        return None
+    return Draft("Which class did the model predict for the traced validation image?",
+                 pred["predicted"], list(pred["classes"]),
+                 f"Top class {pred['top_k'][0][0]} at {pred['top_k'][0][1]:.2f}"
+                 + (f"; its folder says {pred['true_class']}." if pred.get("true_class")
+                    else "."))
+
+
+def probability_layer(doc: dict) -> Draft | None:
+    pred = doc.get("prediction")
+    if not pred:
+        return None
+    kinds = [layer["kind"] for layer in pred["layers"]]
+    right = "softmax" if "softmax" in kinds else kinds[-1]
+    return Draft("Which layer turned the model's scores into probabilities?", right,
+                 ["ReLU", "pooling", "fully connected", "convolution", "batch norm"],
+                 f"The last layer ({right}) output sums to 1; its top class was "
+                 f"{pred['predicted']} at {pred['top_k'][0][1]:.2f}.")
+
+
+def layer_count(doc: dict) -> Draft | None:
+    pred = doc.get("prediction")
+    if not pred:
+        return None
+    n = len(pred["layers"])
+    return Draft("How many layers did the prediction trace record for one image?", str(n),
+                 [str(n + 2), str(max(n - 3, 1)), str(2 * n), str(n + 7)],
+                 f"From the {pred['layers'][0]['kind']} ({_dims(pred['layers'][0]['output_shape'])}) "
+                 f"to the {pred['layers'][-1]['kind']}: {n} records.")
+
+
+CHECK_NAMES = ("channel-order", "exif", "layout", "scale", "normalization", "skew",
+               "class-order", "leakage", "duplicate", "placeholder", "empty-class", "bad-files")
+
+
+def a_finding(doc: dict) -> Draft | None:
+    findings = doc.get("findings", [])
+    if not findings:
+        return Draft("How many problems did the checks report for this run?", "none",
+                     ["1", "2", "3"], "The checks (data flow, batches, dataset) found nothing.")
+    raised = sorted({f["check"] for f in findings})
+    f = next(f for f in findings if f["check"] == raised[0])
+    return Draft("Which of these checks raised a finding in this run?", raised[0],
+                 [c for c in CHECK_NAMES if c not in raised],
+                 f"{f['severity']}: {f['title']}.")
+
+
+TEMPLATES: tuple[Callable[[dict], Draft | None], ...] = (
+    loader_library, channel_order, batch_shape, batch_dtype, normalized_range, slowest_stage,
+    class_count, training_images, parameter_count, input_size, loss_trend, best_epoch,
+    weakest_class, predicted_class, probability_layer, layer_count, a_finding)
+
+
+def run_seed(doc: dict) -> bytes:
+    """A digest of what makes this run this run: its folder, time, classes and curve."""
+    identity = {"dir": doc.get("run", {}).get("dir"),
+                "created": doc.get("meta", {}).get("created"),
+                "classes": doc.get("run", {}).get("classes"),
+                "losses": [e.get("train_loss") for e in _epochs(doc)]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).digest()
+
+
+def ask(draft: Draft, rng: random.Random, topic: str = "") -> Question:
+    """The right choice and up to three distinct wrong ones, in an order drawn from ``rng``."""
+    wrong = [w for w in dict.fromkeys(draft.wrong) if w != draft.right]
+    choices = [draft.right, *rng.sample(wrong, min(3, len(wrong)))]
+    rng.shuffle(choices)
+    return Question(draft.question, choices, choices.index(draft.right), draft.explanation,
+                    topic)
+
+
+def make_quiz(doc: dict, *, seed: bytes | None = None, count: int = QUESTIONS) -> list[Question]:
+    """``count`` questions drawn from the templates that apply to this trace."""
+    rng = random.Random(seed if seed is not None else run_seed(doc))
+    drafts = [(t.__name__, d) for t in TEMPLATES if (d := t(doc)) is not None]
+    chosen = sorted(rng.sample(range(len(drafts)), min(count, len(drafts))))
+    return [ask(drafts[i][1], rng, drafts[i][0]) for i in chosen]
