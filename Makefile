@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-cli fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta bench-cli
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -39,6 +39,9 @@ bench-step: $(STAMP)
 
 bench-memory: $(STAMP)
 	$(BIN)/python bench/memory.py $(DATA)
+
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli_start.py
 
 bench-tta: $(STAMP)
 	$(BIN)/python bench/time_to_accuracy.py $(DATA)

@@ -69,7 +69,7 @@ from .scan import (
 from .text import safe_text
 
 FORMAT = "pipetrace-check"
-VERSION = 1  # 1: first format (meta, summary, splits, findings, files)
+VERSION = 2  # 1: first format (meta, summary, splits, findings, files); 2: findings have "stage"
 
 @dataclass(frozen=True)
 class CheckConfig:

@@ -6,6 +6,9 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``prediction``, ``quiz``, ``insight``; pictures inline as ``data:image/png`` URIs.
 * 2 - ``run.distributed`` adds ``per_rank_batch``, ``global_batch`` and ``ranks`` (each
   process's images, images/s and loader images/s in the last epoch).
+* 3 - ``findings`` start with the dataset checks ``train`` ran before its first epoch, and
+  each finding has ``paths`` (the files or folders it is about); ``quiz`` entries have
+  ``topic`` (the template that asked them).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from ..files import safe_text, write_text_atomic
 
 FORMAT = "pipetrace-trace"
-VERSION = 2
+VERSION = 3
 
 
 def data_uri(png: bytes | None) -> str | None:
