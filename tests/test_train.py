@@ -186,17 +186,18 @@ class Steps(Observer):
         self.calls.append((epoch, step, steps))
 
 
-def test_progress_is_reported_by_time_not_every_ten_steps(tiny_shapes, tmp_path, monkeypatch):
+def test_progress_is_reported_by_time_not_every_ten_steps(tmp_path, monkeypatch):
     import pipetrace.train as train_module
 
+    data = small_folder(tmp_path / "data", {"a": 8, "b": 8})  # 14 to train: 7 steps of 2
     monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0.0)  # any time passed: report
     every = Steps()
-    fit(config(tiny_shapes, tmp_path / "a", epochs=1, batch_size=8), observers=(every,))
-    assert [s for _, s, _ in every.calls] == list(range(1, every.calls[0][2] + 1))
+    fit(config(data, tmp_path / "a", epochs=1, batch_size=2), observers=(every,))
+    assert [s for _, s, _ in every.calls] == list(range(1, 8)) and every.calls[0][2] == 7
     monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 1e9)  # never due: first and last
     rare = Steps()
-    fit(config(tiny_shapes, tmp_path / "b", epochs=1, batch_size=8), observers=(rare,))
-    assert [s for _, s, _ in rare.calls] == [1, rare.calls[0][2]]
+    fit(config(data, tmp_path / "b", epochs=1, batch_size=2), observers=(rare,))
+    assert [s for _, s, _ in rare.calls] == [1, 7]
 
 
 def test_the_terminal_progress_shows_the_time_left_in_the_run():

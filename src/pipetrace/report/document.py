@@ -20,7 +20,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..files import safe_text, write_text_atomic
+from ..files import write_text_atomic
+from ..text import safe_text
 
 FORMAT = "pipetrace-trace"
 VERSION = 3

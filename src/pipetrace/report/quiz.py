@@ -3,7 +3,7 @@
 Each template in :data:`TEMPLATES` reads one fact of the trace document (a stage's library,
 shape, dtype or time, the classes, the curve, the findings, the prediction) and asks about it,
 with wrong choices built around the right one. ``make_quiz`` draws :data:`QUESTIONS` of the
-templates that apply, seeded by the run (so two runs get different quizzes, and the same
+templates that apply, one about each part of the run (:data:`GROUPS`) first, seeded by the run (so two runs get different quizzes, and the same
 trace always gives the same one), and shuffles each question's choices with that seed.
 """
 
@@ -230,7 +230,8 @@ def layer_count(doc: dict) -> Draft | None:
     return Draft("How many layers did the prediction trace record for one image?", str(n),
                  [str(n + 2), str(max(n - 3, 1)), str(2 * n), str(n + 7)],
                  f"From the {pred['layers'][0]['kind']} ({_dims(pred['layers'][0]['output_shape'])}) "
-                 f"to the {pred['layers'][-1]['kind']}: {n} records.")
+                 f"to the {pred['layers'][-1]['kind']}: {n} records; the top class was "
+                 f"{pred['predicted']}.")
 
 
 CHECK_NAMES = ("channel-order", "exif", "layout", "scale", "normalization", "skew",
@@ -249,10 +250,17 @@ def a_finding(doc: dict) -> Draft | None:
                  f"{f['severity']}: {f['title']}.")
 
 
-TEMPLATES: tuple[Callable[[dict], Draft | None], ...] = (
-    loader_library, channel_order, batch_shape, batch_dtype, normalized_range, slowest_stage,
-    class_count, training_images, parameter_count, input_size, loss_trend, best_epoch,
-    weakest_class, predicted_class, probability_layer, layer_count, a_finding)
+# The templates by what part of the run they ask about; a quiz asks about every part the
+# trace has, then fills up from all of them.
+GROUPS: dict[str, tuple[Callable[[dict], Draft | None], ...]] = {
+    "data flow": (loader_library, channel_order, batch_shape, batch_dtype, normalized_range,
+                  slowest_stage),
+    "dataset and model": (class_count, training_images, parameter_count, input_size),
+    "training": (loss_trend, best_epoch, weakest_class),
+    "prediction": (predicted_class, probability_layer, layer_count),
+    "findings": (a_finding,),
+}
+TEMPLATES = tuple(t for group in GROUPS.values() for t in group)
 
 
 def run_seed(doc: dict) -> bytes:
@@ -274,8 +282,16 @@ def ask(draft: Draft, rng: random.Random, topic: str = "") -> Question:
 
 
 def make_quiz(doc: dict, *, seed: bytes | None = None, count: int = QUESTIONS) -> list[Question]:
-    """``count`` questions drawn from the templates that apply to this trace."""
+    """``count`` questions drawn from the templates that apply to this trace: one about each
+    part of the run the trace has (:data:`GROUPS`), the rest from all of them."""
     rng = random.Random(seed if seed is not None else run_seed(doc))
-    drafts = [(t.__name__, d) for t in TEMPLATES if (d := t(doc)) is not None]
-    chosen = sorted(rng.sample(range(len(drafts)), min(count, len(drafts))))
-    return [ask(drafts[i][1], rng, drafts[i][0]) for i in chosen]
+    drafts = {t.__name__: d for t in TEMPLATES if (d := t(doc)) is not None}
+    chosen: list[str] = []
+    for group in GROUPS.values():
+        names = [t.__name__ for t in group if t.__name__ in drafts]
+        if names and len(chosen) < count:
+            chosen.append(rng.choice(names))
+    rest = [name for name in drafts if name not in chosen]
+    chosen += rng.sample(rest, min(count - len(chosen), len(rest)))
+    order = [t.__name__ for t in TEMPLATES]
+    return [ask(drafts[name], rng, name) for name in sorted(chosen, key=order.index)]
