@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors bench-cli
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -42,6 +42,9 @@ bench-memory: $(STAMP)
 
 bench-ops: $(STAMP)
 	$(BIN)/python bench/trace_ops.py
+
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli_start.py
 
 bench-tta: $(STAMP)
 	$(BIN)/python bench/time_to_accuracy.py $(DATA)

@@ -109,3 +109,86 @@ def test_plain_pickle_is_not_a_checkpoint(tmp_path):
     (tmp_path / "p.pt").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(CheckpointError):
         ckpt_io.load_checkpoint(tmp_path / "p.pt")
+
+
+# -- the schema: every field checked before anything is built --------------------------------------
+
+def _set(path: str, value):
+    def change(ckpt):
+        *parents, last = path.split(".")
+        d = ckpt
+        for p in parents:
+            d = d[p]
+        if value is DELETE:
+            del d[last]
+        else:
+            d[last] = value
+    return change
+
+
+class _Delete:
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+DELETE = _Delete()
+SCHEMA_CASES = [
+    ("version", "1", "version is '1': it must be an integer in [1, 1]"),
+    ("version", True, "version is True"),
+    ("preprocess.crop_pct", 0, "preprocess.crop_pct is 0: it must be a number in (0, 1]"),
+    ("preprocess.size", 40000, "preprocess.size is 40000: it must be an integer in [1, 4096]"),
+    ("preprocess.size", "224", "preprocess.size is '224'"),
+    ("preprocess.std", [0.2, 0.0, 0.2], "preprocess.std is a list"),
+    ("preprocess.mean", [float("nan")] * 3, "preprocess.mean is a list"),
+    ("preprocess.interpolation", "magic", "preprocess.interpolation is 'magic'"),
+    ("preprocess", "RGB", "preprocess is 'RGB': it must be a dict"),
+    ("model_config", ["pipenet-tiny"], "model_config is a list: it must be a dict"),
+    ("model_config.name", DELETE, "model_config.name is missing"),
+    ("model_config.name", "no_such_net", "model_config.name 'no_such_net' is not an "
+     "architecture"),
+    ("model_config.num_classes", "3", "model_config.num_classes is '3'"),
+    ("classes", [], "class list is not a list of 1 to"),
+    ("train_config", "x", "train_config is 'x': it must be a dict"),
+    ("train_config", {"loader": "turbo"}, "train_config.loader is 'turbo'"),
+]
+
+
+@pytest.mark.parametrize("where, value, says", SCHEMA_CASES,
+                         ids=[f"{w}={v!r}"[:40] for w, v, _ in SCHEMA_CASES])
+def test_malformed_but_safe_checkpoints_are_one_line_errors(where, value, says, tmp_path):
+    from pipetrace.predict import load_model
+
+    ckpt = good_checkpoint()
+    _set(where, value)(ckpt)
+    ckpt_io.save_checkpoint(tmp_path / "m.pt", ckpt)
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "m.pt")
+    message = str(info.value)
+    assert says in message and "\n" not in message and "m.pt" in message, message
+
+
+def test_an_unrequested_architecture_is_never_built_before_the_weights_fit(tmp_path,
+                                                                          monkeypatch):
+    """A checkpoint that names vit_h_14 (632M weights) over a tiny state dict is refused
+    from shapes alone: the architecture is only ever built on the meta device."""
+    import pipetrace.predict as predict
+
+    devices = []
+    real = predict.build_model
+
+    def recording(cfg):
+        model = real(cfg)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(predict, "build_model", recording)
+    ckpt = good_checkpoint()
+    ckpt["model_config"]["name"] = "vit_h_14"
+    ckpt_io.save_checkpoint(tmp_path / "m.pt", ckpt)
+    with pytest.raises(CheckpointError, match="weights do not fit this model") as info:
+        predict.load_model(tmp_path / "m.pt")
+    assert devices == ["meta"] and "\n" not in str(info.value)
+    ckpt_io.save_checkpoint(tmp_path / "ok.pt", good_checkpoint())
+    devices.clear()
+    assert predict.load_model(tmp_path / "ok.pt").classes == ["c0", "c1", "c2"]
+    assert devices == ["meta", "cpu"]  # the shapes first, then the real one

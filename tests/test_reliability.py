@@ -117,8 +117,12 @@ def test_max_bad_fraction_refuses_to_start_with_a_summary(messy, tmp_path):
 
     cfg = TrainConfig(data=str(messy.root), out=str(tmp_path / "run"), model="pipenet-tiny",
                       epochs=1, image_size=64, max_bad_fraction=0.05, device="cpu")
-    with pytest.raises(DatasetRefused, match=r"cannot be read, over max_bad_fraction"):
+    with pytest.raises(DatasetRefused, match=r"cannot be read, over max_bad_fraction") as info:
         fit(cfg)
+    message = str(info.value)
+    listed = [os.path.basename(p) for p in undecodable(messy) if os.path.basename(p) in message]
+    assert len(listed) > 3 and message.startswith(f"{len(listed)} of ")  # all, not 3
+    assert "--max-bad-fraction" in message and "pipetrace check" in message
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -199,7 +203,8 @@ KILLER = """
     def ckpt(i):
         return {"format": ck.FORMAT, "version": ck.VERSION, "epoch": i,
                 "model_state": {"w": torch.full((128, 128), float(i))}, "classes": ["a", "b"],
-                "preprocess": {}, "model_config": {"num_classes": 2}}
+                "preprocess": {},
+                "model_config": {"name": "pipenet-tiny", "num_classes": 2}}
 
     ck.save_checkpoint(path, ckpt(0))
     epochs = [0]
@@ -237,7 +242,7 @@ def small_checkpoint(value: float = 1.0, n: int = 16) -> dict:
 
     return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
             "model_state": {"w": torch.full((n, n), value)}, "classes": ["a", "b"],
-            "preprocess": {}, "model_config": {"num_classes": 2}}
+            "preprocess": {}, "model_config": {"name": "pipenet-tiny", "num_classes": 2}}
 
 
 WRITER = """
@@ -249,7 +254,7 @@ WRITER = """
     folder = sys.argv[2]
     big = {"format": "pipetrace-checkpoint", "version": 1, "classes": ["a", "b"],
            "model_state": {"w": torch.zeros(1024, 1024)}, "preprocess": {},
-           "model_config": {"num_classes": 2}}
+           "model_config": {"name": "pipenet-tiny", "num_classes": 2}}
     with tempfile.TemporaryDirectory() as warm:  # lazy imports happen now, as root
         save_checkpoint(os.path.join(warm, "w.pt"), big)
     if sys.argv[1] == "read-only" and os.geteuid() == 0:  # root ignores permissions

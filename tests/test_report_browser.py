@@ -15,6 +15,7 @@ import struct
 import pytest
 
 from browser import Browser, Page, find_browser
+from pipetrace.report.quiz import GROUPS
 
 LAPTOP = dict(width=1280, height=900)
 PHONE = dict(width=390, height=844, mobile=True)
@@ -222,7 +223,8 @@ def test_markup_in_names_stays_text(markup_runs, open_page, tmp_path, source, cs
                                          "pwned": "undefined"}
     # the quiz feedback (built from a data attribute by the page's script) stays text too
     doc = json.loads((run / "trace.json").read_text())
-    (n, q), = [(n, q) for n, q in enumerate(doc["quiz"]) if "probabilities" in q["question"]]
+    prediction = {t.__name__ for t in GROUPS["prediction"]}  # each names the top class
+    n, q = next((n, q) for n, q in enumerate(doc["quiz"]) if q["topic"] in prediction)
     page.click("#quiz button.choice", sum(len(x["choices"]) for x in doc["quiz"][:n]) + q["answer"])
     feedback = page.eval(f"document.querySelectorAll('#quiz .feedback')[{n}].textContent")
     assert feedback == "Correct. " + q["explanation"]

@@ -70,3 +70,28 @@ def test_test_folder_is_used_for_validation(tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         scan_image_folder(tmp_path / "nope")
+
+
+def test_a_symlink_back_to_the_root_is_ignored_with_a_warning_not_followed(tmp_path):
+    """`cat/up -> ..` used to make `train` learn dog images as cat and drop the dog folder."""
+    from pipetrace.doctor import check_dataset
+    from pipetrace.prepare import prepare_data
+    from pipetrace.scan import OUTSIDE_CLASS
+    from pipetrace.train import TrainConfig
+
+    for i in range(3):
+        make(tmp_path, f"cat/{i}.jpg")
+        make(tmp_path, f"dog/{i}.jpg")
+    os.symlink("..", tmp_path / "cat" / "up")
+    os.symlink("../dog/0.jpg", tmp_path / "cat" / "borrowed.jpg")  # a file of another class
+    scan = scan_image_folder(tmp_path)
+    by_class = {c: sorted(os.path.relpath(p, tmp_path) for p, i in scan.samples
+                          if scan.classes[i] == c) for c in scan.classes}
+    assert by_class == {"cat": ["cat/0.jpg", "cat/1.jpg", "cat/2.jpg"],
+                        "dog": ["dog/0.jpg", "dog/1.jpg", "dog/2.jpg"]}
+    reasons = {os.path.basename(p): r for p, r in scan.ignored}
+    assert reasons["up"] == reasons["borrowed.jpg"] == OUTSIDE_CLASS
+    warned = [f for f in check_dataset(tmp_path).findings if OUTSIDE_CLASS in f.title]
+    assert warned and warned[0].severity == "warning"
+    setup = prepare_data(TrainConfig(data=str(tmp_path), image_size=8, val_fraction=0.0))
+    assert any(OUTSIDE_CLASS in f.title and f.severity == "warning" for f in setup.findings)

@@ -196,3 +196,33 @@ def test_trace_any_transform_chain():
     assert recs[0].output.shape == (20, 25, 3) and recs[-1].output.shape == (3, 20, 25)
     assert recs[-1].output.max <= 1.0 and recs[1].output.dtype == "uint8"
     assert recs[0].operation == repr(chain.transforms[0])
+
+
+def test_the_model_stage_shows_probabilities_and_the_top_classes():
+    """`trace --model`: the stage-5 row is softmax(model(x)), not logits labelled softmax."""
+    from torch import nn
+
+    from pipetrace.trace import model_stage
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(50)  # logits far outside [0, 1]
+    x = torch.randn(2, 3, 8, 8)
+    rec = model_stage(model, x, ["ant", "bee", "wasp"])
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)
+    assert "softmax" in rec.operation and rec.output.shape == (2, 3)
+    assert rec.output.min == pytest.approx(float(probs.min()), abs=1e-6)
+    assert rec.output.max == pytest.approx(float(probs.max()), abs=1e-6) and rec.output.max <= 1
+    best = ["ant", "bee", "wasp"][int(probs[0].argmax())]
+    assert rec.note.startswith(f"probabilities of the first image: {best} "
+                               f"{float(probs[0].max()):.3f}")
+
+
+def test_a_file_that_never_existed_is_no_such_file(tmp_path, capsys):
+    from pipetrace.cli import main
+
+    assert main(["trace", str(tmp_path / "never.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "never.jpg" in err and "no such file" in err and "disappeared" not in err

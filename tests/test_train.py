@@ -113,7 +113,7 @@ def test_val_fraction_split_when_no_val_folder(tiny_shapes, tmp_path):
 
 
 def test_bad_config_values_are_refused(tiny_shapes, tmp_path):
-    with pytest.raises(ValueError, match="augmentation"):
+    with pytest.raises(ValueError, match=r"augment .* cannot be 'mixup'"):
         fit(replace(config(tiny_shapes, tmp_path), augment="mixup"))
     with pytest.raises(ValueError, match="at least 64 px"):
         fit(replace(config(tiny_shapes, tmp_path), image_size=32))
@@ -134,3 +134,121 @@ def test_resume_for_more_epochs_replans_the_schedule(tiny_shapes, tmp_path):
     assert more.records[1].lr == pytest.approx(fresh.records[1].lr)
     with pytest.raises(ValueError, match="already trained 2"):
         fit(config(tiny_shapes, tmp_path / "run"), resume=True, epochs=1)
+
+
+# -- what train refuses, leaves out and finds before its first epoch ------------------------------
+
+def small_folder(root, classes: dict[str, int], size: int = 40, seed: int = 0):
+    """root/<class>/<i>.png with ``classes[name]`` images each (0: an empty folder)."""
+    from conftest import coloured_image, write_image
+
+    for c, (name, n) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = coloured_image(size, size, seed=seed + 40 * c + i)
+            write_image(root / name / f"{i}.png", 255 - img if c % 2 else img)
+    return root
+
+
+def test_an_empty_class_is_left_out_with_a_warning(tmp_path):
+    data = small_folder(tmp_path / "data", {"a": 8, "b": 8, "empty": 0})
+    result = fit(config(data, tmp_path / "run", epochs=1))
+    assert result.classes == ["a", "b"] and result.model_config.num_classes == 2
+    found = [f for f in result.findings if f.check == "empty-class"]
+    assert len(found) == 1 and found[0].severity == "warning" and "'empty'" in found[0].title
+    assert ckpt_io.load_checkpoint(tmp_path / "run" / "last.pt")["classes"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("classes, says", [
+    ({"cat": 8}, "has 1 class with images"),
+    ({"cat": 8, "empty": 0}, "has 1 class with images"),
+    ({"cat": 1}, "has 1 class with images"),
+    ({"cat": 1, "dog": 0}, "has 1 class with images"),
+], ids=["one-class", "one-class-and-an-empty-one", "one-image", "one-image-two-folders"])
+def test_datasets_too_small_to_train_are_refused_in_one_line(classes, says, tmp_path):
+    from pipetrace.train import DatasetRefused
+
+    data = small_folder(tmp_path / "data", classes)
+    with pytest.raises(DatasetRefused, match=says) as info:
+        fit(config(data, tmp_path / "run", epochs=1))
+    assert "\n" not in str(info.value)
+
+
+def test_the_lr_column_shows_the_base_rate_not_cifarnets_64x_group(tmp_path):
+    data = small_folder(tmp_path / "data", {"a": 8, "b": 8}, size=32)
+    result = fit(config(data, tmp_path / "run", model="cifarnet-s", image_size=32, epochs=1,
+                        optimizer="sgd", lr=0.05, schedule="constant"))
+    assert result.records[0].lr == pytest.approx(0.05)  # group 0 (BN biases) runs at 3.2
+
+
+class Steps(Observer):
+    def __init__(self):
+        self.calls = []
+
+    def on_batch_end(self, epoch, step, steps, loss, images_per_s):
+        self.calls.append((epoch, step, steps))
+
+
+def test_progress_is_reported_by_time_not_every_ten_steps(tmp_path, monkeypatch):
+    import pipetrace.train as train_module
+
+    data = small_folder(tmp_path / "data", {"a": 8, "b": 8})  # 14 to train: 7 steps of 2
+    monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0.0)  # any time passed: report
+    every = Steps()
+    fit(config(data, tmp_path / "a", epochs=1, batch_size=2), observers=(every,))
+    assert [s for _, s, _ in every.calls] == list(range(1, 8)) and every.calls[0][2] == 7
+    monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 1e9)  # never due: first and last
+    rare = Steps()
+    fit(config(data, tmp_path / "b", epochs=1, batch_size=2), observers=(rare,))
+    assert [s for _, s, _ in rare.calls] == [1, 7]
+
+
+def test_the_terminal_progress_shows_the_time_left_in_the_run():
+    import io
+
+    from rich.console import Console
+
+    from pipetrace.distributed import DistInfo
+    from pipetrace.report.terminal import TerminalObserver
+
+    buf = io.StringIO()
+    obs = TerminalObserver(Console(file=buf, force_terminal=True, width=160))
+    obs.on_train_start({"config": TrainConfig(epochs=3), "dataset": {
+        "train_images": 64, "val_images": 8, "val_source": "val", "classes": 2},
+        "device": "cpu", "amp": "off", "params": 10, "dist": DistInfo(), "start_epoch": 0,
+        "steps_per_epoch": 8})
+    obs.t0 -= 2.0  # two seconds for the first 4 steps: 20 steps to go at 0.5 s
+    obs.on_batch_end(1, 4, 8, 0.7, 100.0)
+    obs.progress.refresh()
+    obs.on_train_end(None)
+    assert "run 0:00:10 left" in buf.getvalue()
+
+
+def test_train_runs_the_quick_dataset_checks_and_records_them(tmp_path, capsys):
+    """An exact duplicate across train and val, a placeholder by name, numeric class names in
+    string order: `train` says so before the first epoch and trace.json records it, instead
+    of "Checks: no problems found" (`check` finds the same, class order included)."""
+    import shutil
+
+    from pipetrace.cli import main
+    from pipetrace.doctor import check_dataset
+
+    data = tmp_path / "data"
+    small_folder(data / "train", {"1": 6, "2": 6, "10": 6})
+    small_folder(data / "val", {"1": 2, "2": 2, "10": 2}, seed=1000)
+    shutil.copy(data / "train" / "2" / "3.png", data / "val" / "2" / "leaked.png")
+    shutil.copy(data / "train" / "1" / "0.png", data / "train" / "1" / "image_not_found.png")
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), "--model", "pipenet-tiny",
+                 "--epochs", "1", "--image-size", "64", "--batch-size", "8",
+                 "--trace-every", "0"]) == 0
+    text = capsys.readouterr().out
+    before = text[:text.index("epoch   1")]
+    for check in ("the same file is in train and val", "likely placeholder",
+                  "Numeric class names are indexed in string order"):
+        assert check in before, check
+    assert "no problems found" not in text
+    doc = json.loads((out / "trace.json").read_text())
+    checks = {f["check"] for f in doc["findings"]}
+    assert {"leakage", "placeholder", "class-order", "duplicate"} <= checks
+    assert "class-order" in {f.check for f in check_dataset(data).findings}

@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import LOADER_CHOICES, MAX_IMAGE_SIZE, Allowed
 from .files import sha256_file, write_atomic, write_text_atomic
 from .images import display_path, sniff_format
+from .transforms import Preprocess
 
 FORMAT = "pipetrace-checkpoint"
 VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract)
@@ -122,7 +124,9 @@ def check_finite(state: dict, path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read and validate a pipetrace checkpoint (structure, classes, finite weights)."""
+    """Read a pipetrace checkpoint and validate it against :data:`SCHEMA` (types and ranges
+    of every field, classes against the model's outputs, finite weights) before anything
+    is built or allocated from it."""
     ckpt = read_checkpoint_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(path, "not a pipetrace checkpoint (no 'format' marker); for bare "
@@ -130,18 +134,131 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(path, f"missing {', '.join(missing)}")
-    if ckpt["version"] > VERSION:
-        raise CheckpointError(path, f"format version {ckpt['version']} is newer than this "
-                              f"pipetrace reads ({VERSION}); upgrade pipetrace")
-    classes = ckpt["classes"]
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError(path, "class list is not a list of names")
-    n = ckpt["model_config"].get("num_classes")
-    if n != len(classes):
-        raise CheckpointError(path, f"model has {n} outputs but the class list has "
-                              f"{len(classes)} names")
+    validate_checkpoint(ckpt, path)
     check_finite(ckpt["model_state"], path)
     return ckpt
+
+
+# -- the schema ------------------------------------------------------------------------------------
+
+MAX_CLASSES = 100_000
+MAX_RESIZE = 2 * MAX_IMAGE_SIZE  # the eval resize before the crop (size / crop_pct), pixels
+INTERPOLATIONS = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+# field -> (type, what it allows); a missing preprocessing field takes Preprocess's default
+SCHEMA = {
+    "version": (int, Allowed(low=1, high=VERSION)),
+    "epoch": (int, Allowed(low=0)),
+    "best_acc": (float, Allowed()),
+}
+PREPROCESS_SCHEMA = {
+    "size": (int, Allowed(low=1, high=MAX_IMAGE_SIZE)),
+    "crop_pct": (float, Allowed(low=0, high=1, low_open=True)),
+    "interpolation": (str, Allowed(choices=INTERPOLATIONS)),
+    "colour_order": (str, Allowed(choices=("RGB", "BGR"))),
+    "value_scale": (str, Allowed(choices=("0-1", "0-255"))),
+    "layout": (str, Allowed(choices=("NCHW", "NHWC"))),
+}
+MODEL_SCHEMA = {
+    "name": (str, Allowed()),
+    "num_classes": (int, Allowed(low=1, high=MAX_CLASSES)),
+}
+
+
+def _check(path, where: str, value, kind: type, allowed: Allowed) -> None:
+    if not allowed.admits(value, kind):
+        raise CheckpointError(path, f"{where} is {_shown(value)}: it must be "
+                              f"{allowed.describe(kind)}")
+
+
+def _shown(value) -> str:
+    text = repr(value) if isinstance(value, str | int | float | bool) or value is None \
+        else f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_fields(path, where: str, d, schema: dict, *, required: bool) -> None:
+    if not isinstance(d, dict):
+        raise CheckpointError(path, f"{where} is {_shown(d)}: it must be a dict")
+    for key, (kind, allowed) in schema.items():
+        if key in d:
+            _check(path, f"{where}.{key}" if where else key, d[key], kind, allowed)
+        elif required:
+            raise CheckpointError(path, f"{where}.{key} is missing")
+
+
+def supported_architectures() -> tuple[str, ...]:
+    """The built-in nets and torchvision's classification models."""
+    import torchvision
+
+    from .model import builtin_names
+
+    return (*builtin_names(), *torchvision.models.list_models(module=torchvision.models))
+
+
+def validate_checkpoint(ckpt: dict, path) -> None:
+    """Types and ranges of every field pipetrace uses; one CheckpointError line for the
+    first that is wrong. Nothing is built, allocated or resized before this has passed."""
+    _check_fields(path, "", ckpt, SCHEMA, required=False)
+    classes = ckpt["classes"]
+    if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+            or not 1 <= len(classes) <= MAX_CLASSES):
+        raise CheckpointError(path, f"class list is not a list of 1 to {MAX_CLASSES:,} names")
+    pre = ckpt["preprocess"]
+    _check_fields(path, "preprocess", pre, PREPROCESS_SCHEMA, required=False)
+    for key in ("mean", "std"):
+        v = pre.get(key, (0.5,))
+        if (not isinstance(v, list | tuple) or not 1 <= len(v) <= 4 or not all(
+                is_finite_number(x) and not isinstance(x, bool) for x in v)
+                or (key == "std" and min(v) <= 0)):
+            raise CheckpointError(path, f"preprocess.{key} is {_shown(v)}: it must be a list of "
+                                  "1 to 4 finite numbers" + (" above 0" if key == "std" else ""))
+    defaults = Preprocess()
+    size, crop = pre.get("size", defaults.size), pre.get("crop_pct", defaults.crop_pct)
+    if round(size / crop) > MAX_RESIZE:
+        raise CheckpointError(path, f"preprocess.size / crop_pct = {size / crop:.0f} pixels: the "
+                              f"evaluation resize must stay within {MAX_RESIZE}")
+    cfg = ckpt["model_config"]
+    _check_fields(path, "model_config", cfg, MODEL_SCHEMA, required=True)
+    if cfg["num_classes"] != len(classes):
+        raise CheckpointError(path, f"model has {cfg['num_classes']} outputs but the class list "
+                              f"has {len(classes)} names")
+    if cfg["name"] not in supported_architectures():
+        raise CheckpointError(path, f"model_config.name {_shown(cfg['name'])} is not an "
+                              "architecture pipetrace builds (built-in or torchvision "
+                              "classification)")
+    state = ckpt["model_state"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(path, "model_state is not a dict of tensor names to tensors")
+    for key in ("train_config", "history"):
+        kind = dict if key == "train_config" else list
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise CheckpointError(path, f"{key} is {_shown(ckpt[key])}: it must be a "
+                                  f"{kind.__name__}")
+    loader = (ckpt.get("train_config") or {}).get("loader", "fast")
+    _check(path, "train_config.loader", loader, str, Allowed(choices=LOADER_CHOICES))
+
+
+def check_state_fits(expected: dict, state: dict, path) -> None:
+    """The tensors of ``state`` have exactly the names and shapes of ``expected`` (a model's
+    state dict, e.g. built on the meta device: no memory); else one CheckpointError line."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(
+        expected[k].shape)]
+    if not (missing or extra or wrong):
+        return
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} tensor(s) of another shape, first {k!r}: "
+                     f"{tuple(state[k].shape)} where the model has {tuple(expected[k].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} missing, first {missing[0]!r}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected, first {extra[0]!r}")
+    raise CheckpointError(path, "weights do not fit this model: " + "; ".join(parts))
 
 
 def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True) -> list[str]:

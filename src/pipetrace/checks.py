@@ -16,27 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .findings import SEVERITIES, Finding
 from .images import display_path
 from .pipeline import SEED_STAGES as SEED_STAGE_NAMES
 from .trace import DataFlow, Summary, summarize
 from .transforms import Preprocess
 
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: what, where, the evidence, and a one-line fix."""
-
-    check: str  # "channel-order", "exif", "layout", "scale", "normalization", "skew", "class-order", ...
-    severity: str  # "error", "warning" or "info"
-    stage: str  # "1 load", "2 convert", "3 transform", "4 batch", "5 train" or "dataset"
-    title: str
-    evidence: str
-    fix: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["SEVERITIES", "Finding", "check_class_order", "inspect_batch", "run_checks"]
 
 
 # -- channel order and EXIF (stages 1-2) ---------------------------------------------------------
@@ -274,8 +260,9 @@ def check_class_order(classes: Sequence[str]) -> list[Finding]:
 # -- a whole run -----------------------------------------------------------------------------------
 
 def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
-    """Findings for a training run, from its recorded stages and sampled batch statistics."""
-    findings = check_class_order(result.classes)
+    """Findings for a training run: those ``train`` found in the dataset before its first
+    epoch (``result.findings``), then those from its recorded stages and batch statistics."""
+    findings = list(result.findings)
     pre = result.preprocess
     if result.flow is not None:
         findings += check_flow(result.flow, pre)

@@ -2,13 +2,23 @@
 
 This module holds data only, so the trainer and its helpers (``optim``, ``prepare``,
 ``runfolder``) and the views can all import it without a circle back into ``train.py``.
+
+Each field of :class:`TrainConfig` is declared with :func:`setting`: its default, the one
+line that documents it, and what it allows (choices or a range). That one declaration is
+what ``TrainConfig`` validates itself against (``__post_init__``: one line naming the field,
+the value and what is allowed) and what ``pipetrace train --help`` prints, so the help, the
+checks and the defaults cannot drift apart (docs/architecture.md says why metadata rather
+than the comments).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
-from .images import LoadLimits
+from .images import MAX_IMAGE_PIXELS
 
 PRESETS: dict[str, dict] = {
     # The built-in shapes at the seed's 224 x 224 (see `pipetrace demo`).
@@ -25,44 +35,176 @@ PRESETS: dict[str, dict] = {
                    optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
 }
 
+MAX_IMAGE_SIZE = 4096  # pixels: a square input side above this is a typo, not a model input
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What one field accepts: a set of choices, or a numeric range (ends open or closed)."""
+
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: ``low`` itself is not allowed
+    high_open: bool = False
+    pattern: str = ""  # a regular expression the whole string must match (e.g. "cuda:N")
+    pattern_text: str = ""  # how the pattern reads in words
+    optional: bool = False  # None is allowed (it means "derive it")
+
+    def describe(self, kind: type) -> str:
+        """'one of: sgd, adamw', 'an integer >= 1', 'a number in (0, 1]' ..."""
+        if self.choices:
+            text = "one of: " + ", ".join(self.choices)
+            if self.pattern_text:
+                text += f" or {self.pattern_text}"
+        elif kind is bool:
+            text = "true or false"
+        elif kind is str:
+            text = "text"
+        else:
+            noun = "an integer" if kind is int else "a number"
+            lo = None if self.low is None else f"{self.low:g}"
+            hi = None if self.high is None else f"{self.high:g}"
+            if lo is not None and hi is not None:
+                text = (f"{noun} in {'(' if self.low_open else '['}{lo}, {hi}"
+                        f"{')' if self.high_open else ']'}")
+            elif lo is not None:
+                text = f"{noun} {'>' if self.low_open else '>='} {lo}"
+            elif hi is not None:
+                text = f"{noun} {'<' if self.high_open else '<='} {hi}"
+            else:
+                text = noun
+        return text + (" (or none)" if self.optional else "")
+
+    def admits(self, value: Any, kind: type) -> bool:
+        if value is None:
+            return self.optional
+        if kind is bool:
+            return isinstance(value, bool)
+        if kind is str:
+            return isinstance(value, str) and (
+                not (self.choices or self.pattern) or value in self.choices
+                or bool(self.pattern and re.fullmatch(self.pattern, value)))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None
+                    and (value > self.high or (self.high_open and value == self.high)))
+
+
+def setting(default: Any, doc: str, **allowed: Any):
+    """A config field: its default, its one-line documentation, and what it allows."""
+    return field(default=default, metadata={"doc": doc, "allowed": Allowed(**allowed)})
+
+
+KINDS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_kind(f) -> type:
+    """The field's scalar type, from its annotation ('int | None' -> int)."""
+    return KINDS[str(f.type).split("|")[0].strip()]
+
+
+def field_doc(f) -> str:
+    return f.metadata.get("doc", "")
+
+
+def field_allowed(f) -> Allowed:
+    return f.metadata.get("allowed", Allowed())
+
+
+class ConfigError(ValueError):
+    """A config value outside what its field allows; ``str()`` is one line."""
+
+
+def check_fields(cfg) -> None:
+    """Raise :class:`ConfigError` for the first field of ``cfg`` whose value is not allowed."""
+    for f in fields(cfg):
+        value, allowed, kind = getattr(cfg, f.name), field_allowed(f), field_kind(f)
+        if not allowed.admits(value, kind):
+            flag = "--" + f.name.replace("_", "-")
+            raise ConfigError(f"{f.name} ({flag}) cannot be {value!r}: it must be "
+                              f"{allowed.describe(kind)}")
+
+
+DEVICE_PATTERN = r"cuda:\d+"
+AUGMENT_CHOICES = ("none", "flip", "crop-flip", "rrc")  # == transforms.AUGMENTS (tested)
+LOADER_CHOICES = ("fast", "classic")  # == data.LOADER_PATHS (tested)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on; saved as ``config.json`` in the run folder."""
 
-    data: str = ""  # ImageFolder root: train/ + val/ (or test/), or class folders directly
-    out: str = "runs/train"  # run folder for checkpoints, metrics, plots and the report
-    model: str = "pipenet-s"  # built-in CNN or torchvision architecture name
-    weights: str | None = None  # initial weights (state dict or pipetrace checkpoint)
-    epochs: int = 5  # passes over the training set
-    batch_size: int = 32  # images per step and process (global batch = this x world size)
-    image_size: int = 224  # side of the square model input, pixels
-    crop_pct: float = 0.875  # eval: resize short side to image_size / crop_pct, centre-crop
-    optimizer: str = "adamw"  # "sgd" (Nesterov momentum) or "adamw"
-    lr: float = 2e-3  # peak learning rate
-    schedule: str = "onecycle"  # "onecycle", "cosine" (after linear warm-up) or "constant"
-    warmup_pct: float = 0.25  # share of steps spent warming up to the peak learning rate
-    lr_start: float = 0.04  # onecycle: first learning rate, as a fraction of the peak
-    lr_end: float = 1.6e-4  # onecycle: last learning rate, as a fraction of the peak
-    weight_decay: float = 5e-4  # L2 / decoupled weight decay
-    momentum: float = 0.9  # SGD momentum
-    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
-    augment: str = "flip"  # "none", "flip", "crop-flip" (pad + random crop) or "rrc"
-    crop_pad: int | None = None  # crop-flip's translation in pixels (None: image_size / 8)
-    workers: int = 0  # DataLoader workers per process; measure before raising (2 cores!)
-    seed: int = 0  # same seed, same CPU: same metrics
-    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # "auto", "off", "bf16" or "fp16" mixed precision
-    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
-    val_fraction: float = 0.1  # held out of train when there is no val/ or test/ folder
-    stats: str = "imagenet"  # normalization statistics: "imagenet" or "dataset"
-    loader: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
-    tta: bool = False  # evaluate on the image and its mirror, average the logits
-    trace_every: int = 50  # trace the first batch, then sample the model input every N steps (0: off)
-    on_bad_image: str = "skip"  # "skip" (count and list) or "error"
-    max_bad_fraction: float = 0.1  # refuse to start if more files than this are unreadable
-    sync_bn: bool = False  # SyncBatchNorm under DDP
-    max_image_pixels: int = LoadLimits().max_pixels  # refuse larger images from the header
+    data: str = setting("", "ImageFolder root: train/ + val/ (or test/), or class folders "
+                        "directly")
+    out: str = setting("runs/train", "run folder for checkpoints, metrics, plots and the "
+                       "report")
+    model: str = setting("pipenet-s", "built-in CNN (pipenet-tiny, pipenet-s, pipenet-m, "
+                         "cifarnet, cifarnet-s) or a torchvision architecture name")
+    weights: str | None = setting(None, "initial weights (state dict or pipetrace checkpoint)",
+                                  optional=True)
+    epochs: int = setting(5, "passes over the training set", low=1)
+    batch_size: int = setting(32, "images per step and process (global batch = this x world "
+                              "size)", low=1)
+    image_size: int = setting(224, "side of the square model input, pixels", low=1,
+                              high=MAX_IMAGE_SIZE)
+    crop_pct: float = setting(0.875, "eval: resize short side to image_size / crop_pct, "
+                              "centre-crop", low=0, high=1, low_open=True)
+    optimizer: str = setting("adamw", "sgd: with Nesterov momentum; adamw: decoupled weight decay",
+                             choices=("sgd", "adamw"))
+    lr: float = setting(2e-3, "peak learning rate", low=0, low_open=True)
+    schedule: str = setting("onecycle", "learning-rate schedule per step (cosine: after a "
+                            "linear warm-up)",
+                            choices=("onecycle", "cosine", "constant"))
+    warmup_pct: float = setting(0.25, "share of steps spent warming up to the peak learning "
+                                "rate", low=0, high=1, high_open=True)
+    lr_start: float = setting(0.04, "onecycle: first learning rate, as a fraction of the peak",
+                              low=0, high=1, low_open=True)
+    lr_end: float = setting(1.6e-4, "onecycle: last learning rate, as a fraction of the peak",
+                            low=0, high=1, low_open=True)
+    weight_decay: float = setting(5e-4, "L2 / decoupled weight decay", low=0)
+    momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True)
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", low=0, high=1,
+                                     high_open=True)
+    augment: str = setting("flip", "training augmentation (crop-flip: pad, random crop and "
+                           "flip; rrc: random resized crop and flip)", choices=AUGMENT_CHOICES)
+    crop_pad: int | None = setting(None, "crop-flip's translation in pixels (none: "
+                                   "image_size / 8)", low=0, optional=True)
+    workers: int = setting(0, "DataLoader workers per process; measure before raising (2 "
+                           "cores!)", low=0)
+    seed: int = setting(0, "same seed, same CPU: same metrics", low=0)
+    device: str = setting("auto", "where to train (auto: a GPU if there is one)", choices=("auto", "cpu", "cuda"), pattern=DEVICE_PATTERN,
+                          pattern_text="cuda:N")
+    amp: str = setting("auto", "mixed precision (auto: bf16 where the hardware has it natively, "
+                       "fp16 on older GPUs, off on CPUs without bf16)",
+                       choices=("auto", "off", "bf16", "fp16"))
+    channels_last: bool = setting(True, "NHWC memory format (faster convolutions on CPU and "
+                                  "GPU)")
+    val_fraction: float = setting(0.1, "share of each class held out of train when there is "
+                                  "no val/ or test/ folder", low=0, high=1, high_open=True)
+    stats: str = setting("imagenet", "normalization statistics (dataset: the training images' "
+                         "own mean and std)", choices=("imagenet", "dataset"))
+    loader: str = setting("fast", "the loader (fast: uint8 and a batch-level normalize; "
+                          "classic: the seed's per-image PIL chain)", choices=LOADER_CHOICES)
+    tta: bool = setting(False, "evaluate on the image and its mirror, average the logits")
+    trace_every: int = setting(50, "trace the first batch, then sample the model input every "
+                               "N steps (0: off)", low=0)
+    on_bad_image: str = setting("skip", "an unreadable file: skip it (counted and listed) or "
+                                "stop with an error", choices=("skip", "error"))
+    max_bad_fraction: float = setting(0.1, "refuse to start if more than this share of the "
+                                      "files are unreadable", low=0, high=1)
+    sync_bn: bool = setting(False, "SyncBatchNorm under DDP (GPUs)")
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "refuse larger images (width x height) "
+                                    "from the header", low=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -71,5 +213,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import PRESETS, TrainConfig
 from .records import Observer, TrainResult
 from .report.build import RunArtifacts, write_run_report
+from .runfolder import claim
 from .shapes import ShapesConfig, ensure_shapes
 from .train import fit
 
@@ -22,7 +23,7 @@ from .train import fit
 class DemoConfig:
     """What `pipetrace demo` runs."""
 
-    out: str = "runs/demo"  # run folder
+    out: str = "runs/demo"  # run folder (the CLI picks runs/demo2, ... when it holds a run)
     cache_dir: str = ".cache/pipetrace"  # where the built-in dataset is rendered once
     shapes: ShapesConfig = field(default_factory=ShapesConfig)  # the dataset's size and seed
     epochs: int = 5  # the seed's table has 5 epochs
@@ -39,9 +40,10 @@ def demo_train_config(cfg: DemoConfig, data: str | os.PathLike) -> TrainConfig:
 def run_demo(cfg: DemoConfig, observers: tuple[Observer, ...] = ()) -> tuple[TrainResult, RunArtifacts]:
     """Render the dataset if needed, train, trace a prediction, write the report."""
     root = ensure_shapes(cfg.shapes, cfg.cache_dir)
-    result = fit(demo_train_config(cfg, root), observers=observers)
-    val_dir = Path(root) / "val"
-    image = sorted(p for p in val_dir.rglob("*") if p.is_file())[0]
-    artifacts = write_run_report(result, image=str(image), command="demo",
-                                 true_class=image.parent.name)
+    with claim(cfg.out):  # the training and the report it writes, one writer at a time
+        result = fit(demo_train_config(cfg, root), observers=observers)
+        val_dir = Path(root) / "val"
+        image = sorted(p for p in val_dir.rglob("*") if p.is_file())[0]
+        artifacts = write_run_report(result, image=None if result.stopped else str(image),
+                                     command="demo", true_class=image.parent.name)
     return result, artifacts

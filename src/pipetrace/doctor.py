@@ -3,7 +3,7 @@
 ``check_dataset(root, cfg)`` returns a :class:`DatasetReport` of plain records (nothing is
 printed): per split and class the counts; per file its status, ``loaded``, ``skipped`` (with
 the reason) or ``ignored`` (with the reason), so that loaded + skipped + ignored = entries
-seen; and :class:`DataFinding` s, each with a severity. ``pipetrace check`` renders it
+seen; and :class:`~pipetrace.findings.Finding` s, each with a severity. ``pipetrace check`` renders it
 (``report/dataset.py``) and exits 0 (clean), 1 (warnings) or 2 (errors).
 
 Strict decoding. The training loader decodes with OpenCV (``images.decode_bgr``), which
@@ -38,28 +38,38 @@ import time
 import unicodedata
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from PIL import Image
 
-from .files import safe_text
-from .images import ImageLoadError, LoadLimits, check_header, decode_bgr, read_bytes, within_time
+from .checks import check_class_order
+from .files import sha256_file
+from .findings import SEVERITIES, Finding
+from .images import (
+    CheckedFile,
+    ImageLoadError,
+    LoadLimits,
+    check_header,
+    decode_bgr,
+    read_bytes,
+    within_time,
+)
 from .likeness import HASH_BITS, colour_count, difference_hash, near_pairs
 from .scan import (
     ALIASED_FILE,
     BROKEN_SYMLINK,
     NOT_A_TRAINING_CLASS,
+    OUTSIDE_CLASS,
     OUTSIDE_ROOT,
-    SPLIT_NAMES,
+    DatasetSplits,
     FolderScan,
-    is_hidden_or_junk,
-    scan_image_folder,
+    find_splits,
 )
+from .text import safe_text
 
 FORMAT = "pipetrace-check"
-VERSION = 1  # 1: first format (meta, summary, splits, findings, files)
-SEVERITIES = ("error", "warning", "info")
-
+VERSION = 2  # 1: first format (meta, summary, splits, findings, files); 2: findings have "stage"
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -95,16 +105,10 @@ class FileRecord:
     colours: int = 0  # distinct colours in a 32 x 32 nearest-neighbour thumbnail
 
 
-@dataclass(frozen=True)
-class DataFinding:
-    """One problem in a dataset: what, the evidence, a fix, and the files concerned."""
-
-    check: str  # "unreadable", "leakage", "duplicate", "placeholder", "names", ...
-    severity: str  # "error", "warning" or "info"
-    title: str
-    evidence: str
-    fix: str
-    paths: tuple[str, ...] = ()
+def _finding(check: str, severity: str, title: str, evidence: str, fix: str,
+             paths: tuple[str, ...] = ()) -> Finding:
+    """A dataset finding (stage "dataset")."""
+    return Finding(check, severity, "dataset", title, evidence, fix, tuple(paths))
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class DatasetReport:
     classes: list[str]  # index -> class, as training will number them
     splits: list[SplitSummary]
     files: list[FileRecord]
-    findings: list[DataFinding]
+    findings: list[Finding]
     seconds: float = 0.0
     config: CheckConfig = field(default_factory=CheckConfig)
 
@@ -142,6 +146,11 @@ class DatasetReport:
     def severity_counts(self) -> dict[str, int]:
         n = Counter(f.severity for f in self.findings)
         return {s: n.get(s, 0) for s in SEVERITIES}
+
+    def _repr_html_(self) -> str:  # Jupyter: counts per class, then the findings
+        from .report.notebook import dataset_report_html
+
+        return dataset_report_html(self)
 
     @property
     def exit_code(self) -> int:
@@ -187,32 +196,6 @@ def is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-# -- finding the splits --------------------------------------------------------------------------
-
-def find_split_folders(root: str) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(layout, [(split, folder)], [(path, reason)] ignored beside them).
-
-    ``root/train`` plus every present ``val``/``valid``/``validation``/``test`` folder, so
-    leakage into any of them is found; else ``root`` itself holds the classes ("all").
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset folder {safe_text(root)!r} does not exist or is "
-                                "not a folder")
-    train = os.path.join(root, "train")
-    if not os.path.isdir(train):
-        return "all", [("all", root)], []
-    folders = [("train", train)] + [(name, os.path.join(root, name)) for name in
-                                    SPLIT_NAMES["val"] if os.path.isdir(os.path.join(root, name))]
-    used = {os.path.basename(p) for _, p in folders}
-    ignored = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name in used:
-            continue
-        ignored.append((entry.path, "hidden or system file/folder" if is_hidden_or_junk(entry.name)
-                        else "beside the split folders (train/, val/ or test/)"))
-    return "+".join(name for name, _ in folders), folders, ignored
 
 
 # -- one file ------------------------------------------------------------------------------------
@@ -337,12 +320,9 @@ def check_dataset(root: str | os.PathLike, cfg: CheckConfig = CheckConfig(), *,
     """Read every file under ``root`` once and report (``on_file(record)`` after each)."""
     t0 = time.perf_counter()
     root = os.fspath(root)
-    layout, folders, beside = find_split_folders(root)
-    scans: list[tuple[str, FolderScan]] = []
-    for name, folder in folders:
-        classes = scans[0][1].classes if scans else None
-        scans.append((name, scan_image_folder(folder, classes=classes)))
-    files = [FileRecord(p, "", None, "ignored", reason) for p, reason in beside]
+    found = find_splits(root)
+    scans = found.named()
+    files = [FileRecord(p, "", None, "ignored", reason) for p, reason in found.beside]
     with tempfile.TemporaryFile() as buffer:
         stderr = _Stderr(buffer) if cfg.strict else None
         for name, scan in scans:
@@ -356,10 +336,15 @@ def check_dataset(root: str | os.PathLike, cfg: CheckConfig = CheckConfig(), *,
                       for p, reason in scan.ignored]
     classes = scans[0][1].classes
     splits = [_summary(name, scan, files) for name, scan in scans]
-    report = DatasetReport(root, layout, classes, splits, files, [], config=cfg)
+    report = DatasetReport(root, split_layout(found), classes, splits, files, [], config=cfg)
     report.findings = find_problems(report, [scan for _, scan in scans])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def split_layout(found: DatasetSplits) -> str:
+    """'all' (classes at the root), 'train', or every split present: 'train+val+test'."""
+    return "all" if found.layout == "single" else "+".join(n for n, _ in found.named())
 
 
 def _summary(name: str, scan: FolderScan, files: list[FileRecord]) -> SplitSummary:
@@ -376,16 +361,43 @@ def _summary(name: str, scan: FolderScan, files: list[FileRecord]) -> SplitSumma
     return SplitSummary(name, scan.root, loaded, skipped, ignored)
 
 
+# -- the quick checks train runs before its first epoch ------------------------------------------
+
+def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[CheckedFile]]],
+                classes: Sequence[str], ignored: Sequence[tuple[str, str]] = (),
+                cfg: CheckConfig = CheckConfig()) -> list[Finding]:
+    """What ``train`` can find without decoding: exact duplicates within and across splits
+    (leakage), placeholders (by name, or the same small image saved again and again), numeric
+    class order, and the ignored entries that matter (symlinks that lead astray).
+
+    ``splits``: (name, readable samples, their :class:`~pipetrace.images.CheckedFile`) per
+    split, as training will use them. Only files whose byte size equals another file's are
+    read and hashed, so a dataset of photos costs almost nothing.
+    """
+    sizes = Counter(c.stamp[0] for _, _, checked in splits for c in checked)
+    files = []
+    for name, samples, checked in splits:
+        for (path, label), c in zip(samples, checked, strict=True):
+            digest = sha256_file(path) if sizes[c.stamp[0]] > 1 else ""
+            files.append(FileRecord(path, name, classes[label], "loaded", format=c.fmt,
+                                    width=c.width, height=c.height, sha256=digest))
+    files += [FileRecord(p, "", None, "ignored", reason) for p, reason in ignored
+              if _IGNORED_SEVERITY.get(reason) == "warning"]
+    found = (_duplicates(files) + _placeholders(files, cfg) + _ignored(files)
+             + check_class_order(classes))
+    return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
 # -- findings ------------------------------------------------------------------------------------
 
-def find_problems(report: DatasetReport, scans: list[FolderScan]) -> list[DataFinding]:
+def find_problems(report: DatasetReport, scans: list[FolderScan]) -> list[Finding]:
     """Every finding, errors first; a pure function of the records."""
     files, cfg = report.files, report.config
     found = (_unreadable(files) + _no_images(report) + _class_collisions(scans)
              + _empty_classes(report) + _balance(report, cfg) + _duplicates(files)
              + _near_duplicates(files, cfg) + _placeholders(files, cfg)
              + _name_collisions(files) + _ignored(files) + _names(files, report.root)
-             + _conversions(files) + _orientation(files))
+             + _conversions(files) + _orientation(files) + check_class_order(report.classes))
     return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
@@ -394,8 +406,8 @@ def _q(name: str | None) -> str:
     return repr(safe_text(str(name)))
 
 
-def _unreadable(files) -> list[DataFinding]:
-    return [DataFinding(
+def _unreadable(files) -> list[Finding]:
+    return [_finding(
         "unreadable", "error", f.reason,
         f"in {f.split}/{safe_text(str(f.label))}: " + (
             "only this strict pass sees it; training's decoder would use the damaged "
@@ -404,8 +416,8 @@ def _unreadable(files) -> list[DataFinding]:
         for f in files if f.status == "skipped"]
 
 
-def _no_images(report) -> list[DataFinding]:
-    return [DataFinding("no-images", "error", f"split '{s.name}' has no usable image",
+def _no_images(report) -> list[Finding]:
+    return [_finding("no-images", "error", f"split '{s.name}' has no usable image",
                         f"{s.seen} entries seen, none loads", "check the folder layout: "
                         "root/<split>/<class>/<image>") for s in report.splits
             if not sum(s.loaded.values())]
@@ -415,7 +427,7 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
-def _class_collisions(scans) -> list[DataFinding]:
+def _class_collisions(scans) -> list[Finding]:
     folders = {}  # class name -> its folder in the first split that has it
     for scan in scans:
         for c in scan.classes:
@@ -426,7 +438,7 @@ def _class_collisions(scans) -> list[DataFinding]:
     groups = defaultdict(list)
     for n in sorted(folders):
         groups[_fold(n)].append(n)
-    return [DataFinding("class-names", "error", "class names differ only by case or Unicode "
+    return [_finding("class-names", "error", "class names differ only by case or Unicode "
                         "normalization: " + ", ".join(_q(n) for n in g),
                         "they are separate classes here but one folder on macOS and Windows "
                         "(and look the same to a person): probably one class split in two",
@@ -434,14 +446,14 @@ def _class_collisions(scans) -> list[DataFinding]:
             for g in groups.values() if len(g) > 1]
 
 
-def _empty_classes(report) -> list[DataFinding]:
+def _empty_classes(report) -> list[Finding]:
     out = []
     for s in report.splits:
         if not sum(s.loaded.values()):
             continue  # already an error
         empty = [c for c, n in s.loaded.items() if n == 0]
         if empty:
-            out.append(DataFinding(
+            out.append(_finding(
                 "empty-class", "warning", f"{len(empty)} class(es) without a usable image in "
                 f"{s.name}: " + ", ".join(_q(c) for c in empty),
                 "each keeps its index (nothing shifts), but " + (
@@ -451,7 +463,7 @@ def _empty_classes(report) -> list[DataFinding]:
     return out
 
 
-def _balance(report, cfg) -> list[DataFinding]:
+def _balance(report, cfg) -> list[Finding]:
     out = []
     for s in report.splits:
         counts = {c: n for c, n in s.loaded.items() if n}
@@ -460,7 +472,7 @@ def _balance(report, cfg) -> list[DataFinding]:
         big, small = max(counts, key=counts.get), min(counts, key=counts.get)
         ratio = counts[big] / counts[small]
         if ratio > cfg.max_imbalance:
-            out.append(DataFinding(
+            out.append(_finding(
                 "balance", "warning", f"{s.name} is imbalanced: {ratio:.0f}:1",
                 f"{_q(big)} has {counts[big]} images, {_q(small)} {counts[small]}; accuracy "
                 "will mostly reflect the large classes", "collect more of the small classes, "
@@ -469,13 +481,15 @@ def _balance(report, cfg) -> list[DataFinding]:
 
 
 def _groups(files, key) -> list[list[FileRecord]]:
+    """Groups of two or more records with the same key (an empty key is unknown: no group)."""
     by = defaultdict(list)
     for f in files:
-        by[key(f)].append(f)
+        if key(f):
+            by[key(f)].append(f)
     return [g for g in by.values() if len(g) > 1]
 
 
-def _duplicates(files) -> list[DataFinding]:
+def _duplicates(files) -> list[Finding]:
     loaded = [f for f in files if f.status == "loaded"]
     out = []
     for g in _groups(loaded, lambda f: f.sha256):
@@ -483,13 +497,13 @@ def _duplicates(files) -> list[DataFinding]:
         labels = sorted({f.label for f in g})
         paths = tuple(f.path for f in g)
         if len(splits) > 1:
-            out.append(DataFinding(
+            out.append(_finding(
                 "leakage", "error", f"the same file is in {' and '.join(splits)} "
                 f"({len(g)} copies)", "validation scores are inflated by images the model "
                 "trained on", "keep one copy, in one split", paths))
         else:
             conflict = len(labels) > 1
-            out.append(DataFinding(
+            out.append(_finding(
                 "duplicate", "warning", f"{len(g)} identical files in {splits[0]}"
                 + (f" under different classes ({', '.join(map(_q, labels))})" if conflict
                    else ""), "the same bytes (SHA-256)" + (": conflicting labels"
@@ -498,7 +512,7 @@ def _duplicates(files) -> list[DataFinding]:
     return out
 
 
-def _near_duplicates(files, cfg) -> list[DataFinding]:
+def _near_duplicates(files, cfg) -> list[Finding]:
     """Groups of look-alike images that are not byte-identical (those are duplicates)."""
     # One representative per exact content; flat pictures (almost no gradient) hash alike.
     reps = {}
@@ -526,13 +540,13 @@ def _near_duplicates(files, cfg) -> list[DataFinding]:
         splits = sorted({f.split for f in g})
         paths = tuple(f.path for f in g)
         if len(splits) > 1:
-            out.append(DataFinding(
+            out.append(_finding(
                 "leakage", "warning", f"{len(g)} near-identical images across "
                 f"{' and '.join(splits)}", f"difference hashes within {cfg.near_distance} "
                 f"of {HASH_BITS} bits (re-encoded, resized or lightly edited copies)",
                 "keep look-alikes in one split", paths))
         else:
-            out.append(DataFinding(
+            out.append(_finding(
                 "near-duplicate", "info", f"{len(g)} near-identical images in {splits[0]}",
                 f"difference hashes within {cfg.near_distance} of {HASH_BITS} bits",
                 "keep one unless the variation is wanted", paths))
@@ -543,11 +557,11 @@ _PLACEHOLDER_NAME = re.compile(r"notfound|placeholder|noimage|nophoto|notavailab
                                r"imagemissing|missingimage|removed")
 
 
-def _placeholders(files, cfg) -> list[DataFinding]:
+def _placeholders(files, cfg) -> list[Finding]:
     """Pictures that stand in for a missing one: a scraper's "image not found" GIF, the
     same tiny or flat image saved many times, a palette graphic among photos."""
     loaded = [f for f in files if f.status == "loaded"]
-    copies = Counter(f.sha256 for f in loaded)
+    copies = Counter(f.sha256 for f in loaded if f.sha256)  # "": not hashed (unique size)
     by_split = defaultdict(list)
     for f in loaded:
         by_split[f.split].append(f)
@@ -562,7 +576,7 @@ def _placeholders(files, cfg) -> list[DataFinding]:
             if _PLACEHOLDER_NAME.search(stem):
                 why.append("its name says so")
             small = min(f.width, f.height) <= cfg.small_side
-            flat = f.colours <= cfg.few_colours
+            flat = 0 < f.colours <= cfg.few_colours  # 0: not decoded (quick_check)
             if copies[f.sha256] >= cfg.placeholder_repeats and (small or flat or
                                                                  f.mode in ("P", "PA")):
                 why.append(f"the same {'small' if small else 'flat'} image is saved "
@@ -575,32 +589,32 @@ def _placeholders(files, cfg) -> list[DataFinding]:
                            f"{median_colours:.0f}")
             if why or len(hints) > 1:
                 why += hints
-                out.append(DataFinding(
+                out.append(_finding(
                     "placeholder", "warning", f"likely placeholder, not a photo of "
                     f"{_q(f.label)}", "; ".join(why), "delete it (and re-download the real "
                     "image if there is one)", (f.path,)))
     return out
 
 
-def _name_collisions(files) -> list[DataFinding]:
+def _name_collisions(files) -> list[Finding]:
     seen = [f for f in files if f.status != "ignored"]
     key = lambda f: (os.path.dirname(f.path), _fold(os.path.basename(f.path)))  # noqa: E731
-    return [DataFinding("file-names", "warning", f"{len(g)} file names in one folder differ only "
+    return [_finding("file-names", "warning", f"{len(g)} file names in one folder differ only "
                         "by case or Unicode normalization", "they become one file when copied "
                         "to macOS or Windows", "rename them", tuple(f.path for f in g))
             for g in _groups(seen, key)]
 
 
-_IGNORED_SEVERITY = {OUTSIDE_ROOT: "warning", BROKEN_SYMLINK: "warning",
+_IGNORED_SEVERITY = {OUTSIDE_ROOT: "warning", OUTSIDE_CLASS: "warning", BROKEN_SYMLINK: "warning",
                      NOT_A_TRAINING_CLASS: "warning", ALIASED_FILE: "warning"}
 
 
-def _ignored(files) -> list[DataFinding]:
+def _ignored(files) -> list[Finding]:
     by_reason = defaultdict(list)
     for f in files:
         if f.status == "ignored":
             by_reason[f.reason].append(f.path)
-    return [DataFinding("ignored", _IGNORED_SEVERITY.get(reason, "info"),
+    return [_finding("ignored", _IGNORED_SEVERITY.get(reason, "info"),
                         f"{len(paths)} entr{'y' if len(paths) == 1 else 'ies'} ignored: {reason}",
                         "not samples; class indices do not shift because of them",
                         "nothing to do unless they were meant to be images", tuple(paths))
@@ -625,34 +639,34 @@ _NAME_CARE = (
 )
 
 
-def _names(files, root: str) -> list[DataFinding]:
+def _names(files, root: str) -> list[Finding]:
     out = []
     rels = {f.path: os.path.relpath(f.path, root) for f in files}
     for severity, test, title, why in _NAME_CARE:
         paths = tuple(p for p, rel in rels.items() if any(test(part) for part in
                                                           rel.split(os.sep)))
         if paths:
-            out.append(DataFinding("names", severity, f"{len(paths)} path(s) with {title}",
+            out.append(_finding("names", severity, f"{len(paths)} path(s) with {title}",
                                    why, "rename if other tools will read the dataset", paths))
     return out
 
 
-def _conversions(files) -> list[DataFinding]:
+def _conversions(files) -> list[Finding]:
     by_note = defaultdict(list)
     for f in files:
         for note in f.conversions:
             by_note[note].append(f.path)
-    return [DataFinding("conversion", "info", f"{len(paths)} image(s) need conversion, "
+    return [_finding("conversion", "info", f"{len(paths)} image(s) need conversion, "
                         f"{note.split(':')[0]}", note, "nothing: pipetrace converts them this "
                         "way in training and prediction alike", tuple(paths))
             for note, paths in by_note.items()]
 
 
-def _orientation(files) -> list[DataFinding]:
+def _orientation(files) -> list[Finding]:
     rotated = tuple(f.path for f in files if f.status == "loaded" and f.orientation not in (0, 1))
     if not rotated:
         return []
-    return [DataFinding("exif", "info", f"{len(rotated)} image(s) carry an EXIF rotation",
+    return [_finding("exif", "info", f"{len(rotated)} image(s) carry an EXIF rotation",
                         "pipetrace (like cv2.imread) turns them upright; PIL's Image.open, "
                         "torchvision's ImageFolder and torchvision.io do not",
                         "serve with the same loader, or bake the rotation into the pixels",

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .text import safe_text
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None], *,
                  before_replace: Callable[[str], None] | None = None) -> None:
@@ -83,14 +85,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """UTF-8 text; characters that cannot be encoded (lone surrogates from non-UTF-8 file
     names) are written as U+FFFD instead of failing the whole report."""
     write_bytes_atomic(path, safe_text(text).encode("utf-8"))
-
-
-def safe_text(s: str) -> str:
-    """Show non-UTF-8 bytes of file names (lone surrogates in Python) as U+FFFD."""
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that did not come from a file name
-        return s.encode("utf-8", "replace").decode("utf-8")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

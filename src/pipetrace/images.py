@@ -197,13 +197,16 @@ def _jpeg_has_end(data: bytes) -> bool:
 
 # -- stage 1: load --------------------------------------------------------------------------------
 
+NO_SUCH_FILE = "no such file"  # the loader says "disappeared" when it had seen the file
+
+
 def read_file(path: str | os.PathLike) -> tuple[bytes, tuple[int, int]]:
     """Read a whole file; return its bytes and (size, modification time in ns) from the
     open file itself. OSError becomes ImageLoadError naming the file."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
+        raise ImageLoadError(path, NO_SUCH_FILE) from None
     except IsADirectoryError:
         raise ImageLoadError(path, "is a directory") from None
     except OSError as exc:

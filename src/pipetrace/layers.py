@@ -173,6 +173,11 @@ class LayerTrace:
     def predicted(self) -> str:
         return self.top_k[0][0]
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's prediction-trace table
+        from .report.notebook import layers_html
+
+        return layers_html(self)
+
 
 def trace_layers(model: nn.Module, x: torch.Tensor, classes: list[str], *, top_k: int = 3,
                  depth: int | None = None, tap: Callable | None = None) -> LayerTrace:

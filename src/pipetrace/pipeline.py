@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from .images import ImageLoadError, LoadLimits, decode_bgr, read_file, rgb_to_pil
+from .images import NO_SUCH_FILE, ImageLoadError, LoadLimits, decode_bgr, read_file, rgb_to_pil
 from .transforms import (
     BatchAugment,
     Preprocess,
@@ -122,7 +122,13 @@ class ReadFile:
     """FileRef -> Encoded: one read of the whole file; refused if it changed since the scan."""
 
     def __call__(self, ref: FileRef) -> Encoded:
-        data, stamp = read_file(ref.path)
+        try:
+            data, stamp = read_file(ref.path)
+        except ImageLoadError as exc:  # a file seen when the dataset was built is gone now
+            if exc.reason == NO_SUCH_FILE and ref.stamp is not None:
+                raise ImageLoadError(ref.path, "file disappeared since the dataset was "
+                                     "scanned") from None
+            raise
         if ref.stamp is not None and stamp != ref.stamp:
             raise ImageLoadError(ref.path, "file changed since the dataset was scanned (size "
                                  "or modification time differ)")

@@ -64,12 +64,15 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
 def load_model(source: str | os.PathLike) -> LoadedModel:
     """Read a checkpoint (safely) and rebuild its model in eval mode on the CPU."""
     path = resolve_checkpoint(source)
-    ckpt = ckpt_io.load_checkpoint(path)
+    ckpt = ckpt_io.load_checkpoint(path)  # validated against its schema
     try:
         model_cfg = ModelConfig(**ckpt["model_config"])
-        model = build_model(model_cfg)
+        with torch.device("meta"):  # the architecture's shapes, without allocating it
+            skeleton = build_model(model_cfg).state_dict()
     except (TypeError, ValueError) as exc:
         raise ckpt_io.CheckpointError(path, f"model config cannot be built: {exc}") from None
+    ckpt_io.check_state_fits(skeleton, ckpt["model_state"], path)
+    model = build_model(model_cfg)  # now known to fit the weights: build it for real
     ckpt_io.load_state_into(model, ckpt["model_state"], path, strict=True)
     model.eval()
     try:

@@ -1,15 +1,22 @@
 """The dataset folder -> the training and validation datasets of one run.
 
 Scan the folder (``train/`` + ``val/``, or a seeded split), check every file's header before
-training, refuse a dataset with too many unreadable files, and build both
+training, refuse a dataset with too many unreadable files or fewer than two classes, leave out (with a warning) class folders without a usable training
+image, run the quick dataset checks (``doctor.quick_check``), and build both
 :class:`~pipetrace.data.ImageDataset` objects with the run's preprocessing contract.
+
+Why leave an empty class out rather than refuse the dataset: a folder made for images not
+collected yet is common, and training the other classes is what was wanted; the checkpoint
+keeps the class list, so predictions map to the right names. Training it as a class (as
+before) gave the model an output it could never learn and a per-class accuracy of nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,8 +29,11 @@ from .data import (
     split_samples,
     to_model_input,
 )
-from .images import LoadLimits
+from .doctor import quick_check
+from .findings import Finding
+from .images import CheckedFile, LoadLimits
 from .scan import find_splits
+from .text import safe_text
 from .transforms import Preprocess, channel_stats, with_dataset_stats
 
 if TYPE_CHECKING:
@@ -42,6 +52,7 @@ class DataSetup:
     val_set: ImageDataset | None
     bad_files: list[tuple[str, str]]
     info: dict
+    findings: list[Finding] = field(default_factory=list)  # the quick checks, before epoch 1
 
 
 def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
@@ -63,10 +74,14 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
     if total == 0:
         raise DatasetRefused(f"no image files found in {cfg.data!r}")
     if len(bad) / total > cfg.max_bad_fraction:
-        shown = "; ".join(reason for _, reason in bad[:3])
-        raise DatasetRefused(
-            f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
-            f"max_bad_fraction={cfg.max_bad_fraction}: {shown}")
+        raise DatasetRefused(bad_fraction_message(bad, total, cfg))
+    classes, train_samples, val_samples, val_checked, findings = leave_out_empty_classes(
+        classes, train_samples, val_samples, val_checked)
+    refuse_too_small(cfg.data, classes)
+    val_name = splits.layout.split("+", 1)[1] if splits.val is not None else "val"
+    ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
+    findings += quick_check([("train", train_samples, train_checked),
+                             (val_name, val_samples, val_checked)], classes, ignored)
     pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
     make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
     if preprocess is None and cfg.stats == "dataset":
@@ -84,7 +99,54 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
         "bad_files": len(bad),
         "train_counts": _counts(train_samples, classes),
     }
-    return DataSetup(classes, pre, train_set, val_set, bad, info)
+    return DataSetup(classes, pre, train_set, val_set, bad, info, findings)
+
+
+def bad_fraction_message(bad: list[tuple[str, str]], total: int, cfg: TrainConfig,
+                         shown: int = 10) -> str:
+    """One line: how many files cannot be read, up to ``shown`` of them, and what to do."""
+    listed = "; ".join(reason for _, reason in bad[:shown])
+    more = f"; ... and {len(bad) - shown} more" if len(bad) > shown else ""
+    return (f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
+            f"max_bad_fraction={cfg.max_bad_fraction:g}: {listed}{more}. Run `pipetrace check "
+            f"{cfg.data}` for the full list, or raise --max-bad-fraction (now "
+            f"{cfg.max_bad_fraction:g}) to train on the rest")
+
+
+def leave_out_empty_classes(classes: list[str], train: list[tuple[str, int]],
+                            val: list[tuple[str, int]], val_checked: list[CheckedFile]):
+    """(classes, train, val, val_checked, findings) without the classes that have no usable
+    training image; the others are numbered again in their order, their validation images
+    of a left-out class are dropped too. A warning says which and why."""
+    counts = Counter(label for _, label in train)
+    empty = [i for i in range(len(classes)) if not counts[i]]
+    if not empty:
+        return classes, train, val, val_checked, []
+    new = {old: i for i, old in enumerate(i for i in range(len(classes)) if counts[i])}
+    kept = [(s, c) for s, c in zip(val, val_checked, strict=True) if s[1] in new]
+    dropped = len(val) - len(kept)
+    names = [classes[i] for i in empty]
+    finding = Finding(
+        "empty-class", "warning", "dataset",
+        f"{len(names)} class folder(s) without a usable training image left out: "
+        + ", ".join(repr(safe_text(n)) for n in names),
+        f"the model gets {len(new)} outputs, for the classes that have images"
+        + (f"; {dropped} validation image(s) of those classes are left out too" if dropped
+           else "") + "; a class with no image would be an output the model never learns",
+        "add images to the folder, or remove it", tuple(names))
+    return ([classes[i] for i in sorted(new)], [(p, new[label]) for p, label in train],
+            [(p, new[label]) for (p, label), _ in kept], [c for _, c in kept], [finding])
+
+
+def refuse_too_small(root: str, classes: list[str]) -> None:
+    """A classifier needs two classes (each with a training image, so two images at least:
+    batch norm never sees a batch of one)."""
+    if len(classes) < 2:
+        which = f" ({safe_text(classes[0])!r})" if classes else ""
+        raise DatasetRefused(f"{safe_text(str(root))!r} has {len(classes)} class with images"
+                             f"{which}: a classifier needs at least 2 class folders "
+                             "(root/<class>/<images>); a single class trains to a meaningless "
+                             "accuracy of 1.0")
 
 
 def _counts(samples, classes) -> dict[str, int]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .batch_view import BatchView
-from .checks import Finding
 from .config import TrainConfig
 from .distributed import DistInfo, RankRecord
 from .errors import ErrorAnalysis, Predictions
+from .findings import Finding
 from .model import ModelConfig
 from .observations import Point
 from .trace import DataFlow
@@ -39,6 +39,11 @@ class EpochRecord:
     def point(self) -> Point:
         return Point(self.train_loss, self.train_acc, self.val_loss, self.val_acc)
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's epoch table, one row
+        from .report.notebook import epochs_html
+
+        return epochs_html([self])
+
 
 @dataclass
 class TrainResult:
@@ -60,6 +65,7 @@ class TrainResult:
     dataset: dict = field(default_factory=dict)  # split layout and counts
     timing: dict = field(default_factory=dict)  # seconds: total, data, train
     stopped: str = ""  # "" | "interrupted" | "diverged: ..."
+    interrupted_at: tuple[int, int, int] | None = None  # (epoch, step, steps per epoch) at Ctrl-C
     findings: list[Finding] = field(default_factory=list)  # what the checks found in this run
     batch_view: BatchView | None = None  # a few training images as the model gets them
     predictions: Predictions | None = None  # the last evaluation, image by image
@@ -68,6 +74,11 @@ class TrainResult:
     @property
     def per_class_accuracy(self) -> list[float | None]:
         return [row[i] / sum(row) if sum(row) else None for i, row in enumerate(self.confusion)]
+
+    def _repr_html_(self) -> str:  # Jupyter: the finished run
+        from .report.notebook import run_html
+
+        return run_html(self)
 
 
 class Observer:

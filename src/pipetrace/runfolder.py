@@ -3,14 +3,27 @@
 ``metrics.jsonl`` and ``metrics.csv`` are rewritten atomically after every epoch (nothing is
 lost if the run dies later); a checkpoint holds the weights, optimizer, scheduler and RNG
 states, the history, the classes and the preprocessing contract.
+
+A folder holds one run. While a process writes it, it holds an exclusive lock on
+``RUN/.lock`` (:func:`claim`), so a second writer fails at once instead of mixing two runs'
+files; the kernel drops the lock when the process ends, however it ends, so a lock file left
+behind by a SIGKILL is harmless. A new run never starts in a folder that already holds one
+(:func:`holds_run`); :func:`claim_next_free` picks ``runs/train``, ``runs/train2``, ... as
+Ultralytics picks ``exp``, ``exp2``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
+import os
 import random
+import re
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +39,124 @@ if TYPE_CHECKING:
     from .config import TrainConfig
     from .errors import Predictions
     from .records import EpochRecord
+
+
+RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "trace.json")
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be written now; ``str()`` is one line with what to do."""
+
+
+def holds_run(run: str | os.PathLike) -> bool:
+    """True when ``run`` holds (part of) a run: its config, a checkpoint, metrics or trace."""
+    return any((Path(run) / name).exists() for name in RUN_MARKERS)
+
+
+_held: dict[str, int] = {}  # real path of a run folder -> the lock file this process holds
+
+
+def _lock(run: Path) -> int | None:
+    """The fd of ``run/.lock`` locked by this process, or None when another process has it."""
+    fd = os.open(run / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _holder(run: Path) -> str:
+    try:
+        pid = (run / LOCK_NAME).read_text().split()[0]
+    except (OSError, IndexError):
+        return "another process"
+    return f"another process (pid {pid})"
+
+
+@contextlib.contextmanager
+def claim(run: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``run``'s lock for the ``with`` block (created if needed); re-entrant in a process.
+
+    Raises :class:`RunFolderError` at once when another process holds it.
+    """
+    run = Path(run)
+    created = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(run)
+    if key in _held:
+        yield run
+        return
+    fd = _lock(run)
+    if fd is None:
+        raise RunFolderError(f"run folder {str(run)!r} is being written by {_holder(run)}: "
+                             "wait for it to finish, or choose another --out")
+    _held[key] = fd
+    try:
+        yield run
+    finally:
+        del _held[key]
+        if created and os.listdir(run) == [LOCK_NAME]:  # a refused run leaves nothing
+            with contextlib.suppress(OSError):
+                os.unlink(run / LOCK_NAME)
+                os.rmdir(run)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def refuse_if_taken(run: str | os.PathLike) -> None:
+    """A new run must not write into a folder that holds another one."""
+    if holds_run(run):
+        raise RunFolderError(f"run folder {str(run)!r} already holds a run: continue it with "
+                             f"--resume {str(run)!r} (fit(resume=True)), or choose another "
+                             "--out; nothing was overwritten")
+
+
+def numbered(base: str | os.PathLike) -> Iterator[Path]:
+    """``base``, ``base2``, ``base3``, ... (Ultralytics' ``exp``, ``exp2``)."""
+    base = Path(base)
+    yield base
+    n = 2
+    while True:
+        yield base.with_name(f"{base.name}{n}")
+        n += 1
+
+
+@contextlib.contextmanager
+def claim_next_free(base: str | os.PathLike) -> Iterator[Path]:
+    """Claim the first of ``base``, ``base2``, ... that holds no run and no other writer."""
+    for run in numbered(base):
+        if holds_run(run):
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                path = stack.enter_context(claim(run))
+            except RunFolderError:
+                continue  # another new run took it a moment ago
+            if holds_run(path):  # a run finished there between our look and our lock
+                continue
+            yield path
+            return
+
+
+_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # files.write_atomic's ".NAME.XXXXXX.tmp"
+
+
+def remove_stale_temp_files(run: str | os.PathLike) -> list[str]:
+    """Delete the temp files a killed writer left (call with the folder claimed)."""
+    removed = []
+    for entry in os.scandir(run):
+        if entry.is_file(follow_symlinks=False) and _TEMP.fullmatch(entry.name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed
 
 
 def write_metrics(run: Path, records: list[EpochRecord]) -> None:

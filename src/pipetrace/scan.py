@@ -1,10 +1,12 @@
 """Find the images of an ImageFolder dataset (``root/<class>/<file>``), without surprises.
 
 Unlike torchvision's ``ImageFolder``: hidden folders, ``__MACOSX`` and ``.ipynb_checkpoints``
-are not classes; an empty class folder keeps its index (so nothing shifts) instead of
-refusing the whole dataset; symlinks are followed, but never in a loop, never out of the
-root and never twice to the same folder or file; every file that is not used is counted with
-a reason.
+are not classes; an empty class folder keeps its index here (so nothing shifts; training
+leaves it out with a warning, ``prepare.py``); symlinks are followed, but never in a loop,
+never out of the root, never out of the class folder they sit in (``cat/up -> ..`` would
+label every other class's images as ``cat``) and never twice to the same folder or file;
+every file that is not used is counted with a reason. :func:`find_splits` is the one way to
+find a dataset's splits (training, ``predict`` and ``check`` all use it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .text import safe_text
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 JUNK_FOLDERS = ("__MACOSX", ".ipynb_checkpoints", "__pycache__")
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation", "test")}
@@ -20,6 +24,8 @@ SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation", "test"
 
 # Reasons for leaving an entry out that `pipetrace check` grades as warnings (doctor.py)
 OUTSIDE_ROOT = "symlink points outside the dataset root"
+OUTSIDE_CLASS = ("symlink leads out of its class folder (back to the root or into another "
+                 "class): following it would label other images as this class")
 BROKEN_SYMLINK = "broken symlink"
 ALIASED_FILE = "file already listed through another path (symlink alias)"
 NOT_A_TRAINING_CLASS = "class not in the training classes"
@@ -54,8 +60,10 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list[str]:
-    """Files under ``top``, sorted; follow symlinks once, stay inside the root.
+def _walk_files(top: str, root_real: str, seen: set[str], ignored: list,
+                class_real: str | None = None) -> list[str]:
+    """Files under ``top``, sorted; follow symlinks once, stay inside the root and inside the
+    class folder (``class_real``: the real path of the class folder being walked).
 
     ``seen`` holds the real paths of the folders and files already listed, so neither a
     folder nor a file reached twice (through a symlink) gives a second sample.
@@ -66,6 +74,11 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list
         return []
     if not _inside(real, root_real):
         ignored.append((top, OUTSIDE_ROOT))
+        return []
+    if class_real is None:
+        class_real = real
+    elif not _inside(real, class_real):
+        ignored.append((top, OUTSIDE_CLASS))
         return []
     seen.add(real)
     files: list[str] = []
@@ -85,11 +98,13 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list) -> list
         except OSError:
             is_dir = False
         if is_dir:
-            files.extend(_walk_files(path, root_real, seen, ignored))
+            files.extend(_walk_files(path, root_real, seen, ignored, class_real))
         elif entry.is_symlink() and not os.path.exists(path):
             ignored.append((path, BROKEN_SYMLINK))
         elif entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
             ignored.append((path, OUTSIDE_ROOT))
+        elif entry.is_symlink() and not _inside(os.path.realpath(path), class_real):
+            ignored.append((path, OUTSIDE_CLASS))
         elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append((path, "not an image file extension"))
         else:
@@ -107,7 +122,8 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     """Scan ``root/<class>/**/<image>``; ``classes`` fixes the class list (e.g. from train/)."""
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset folder {root!r} does not exist or is not a folder")
+        raise FileNotFoundError(f"dataset folder {safe_text(root)!r} does not exist or is not "
+                                "a folder")
     root_real = os.path.realpath(root)
     ignored: list[tuple[str, str]] = []
     folders = [e for e in os.scandir(root)
@@ -126,7 +142,8 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     if classes is None:
         classes = found
     if not classes:
-        raise ValueError(f"no class folders in {root!r}: expected root/<class>/<image files>")
+        raise ValueError(f"no class folders in {safe_text(root)!r}: expected "
+                         "root/<class>/<image files>")
     known = set(classes)
     scan = FolderScan(root=root, classes=list(classes), ignored=ignored)
     seen: set[str] = set()
@@ -143,23 +160,43 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
 
 @dataclass
 class DatasetSplits:
-    """Train and validation scans of one dataset folder."""
+    """The scanned splits of one dataset folder."""
 
     root: str
     train: FolderScan
     val: FolderScan | None  # None: no val/ or test/ folder; the trainer splits train
-    layout: str  # "train+val", "train+test" ... or "single"
+    layout: str  # "train+val", "train+test" ... (the folders used), "train" or "single"
+    more: list[tuple[str, FolderScan]] = field(default_factory=list)  # further validation-like
+    # folders (test/ beside val/): not trained or validated on, but checked for leakage
+    beside: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of the
+    # entries next to train/ that are not splits
+
+    def named(self) -> list[tuple[str, FolderScan]]:
+        """Every split scanned, with its name; the root's own classes are split "all"."""
+        if self.layout == "single":
+            return [("all", self.train)]
+        val = [(self.layout.split("+", 1)[1], self.val)] if self.val is not None else []
+        return [("train", self.train), *val, *self.more]
 
 
 def find_splits(root: str | os.PathLike) -> DatasetSplits:
-    """Use ``root/train`` + ``root/val`` (or test/valid) when present, else ``root`` itself."""
+    """Use ``root/train`` + ``root/val`` (or test/valid) when present, else ``root`` itself.
+
+    Every other present validation-like folder is scanned too (``more``), with the training
+    classes, so ``check`` finds leakage into any of them.
+    """
     root = Path(root)
     train_dir = root / "train"
-    if train_dir.is_dir():
-        train = scan_image_folder(train_dir)
-        for name in SPLIT_NAMES["val"]:
-            if (root / name).is_dir():
-                val = scan_image_folder(root / name, classes=train.classes)
-                return DatasetSplits(str(root), train, val, f"train+{name}")
-        return DatasetSplits(str(root), train, None, "train")
-    return DatasetSplits(str(root), scan_image_folder(root), None, "single")
+    if not train_dir.is_dir():
+        return DatasetSplits(str(root), scan_image_folder(root), None, "single")
+    train = scan_image_folder(train_dir)
+    present = [name for name in SPLIT_NAMES["val"] if (root / name).is_dir()]
+    scans = [(name, scan_image_folder(root / name, classes=train.classes)) for name in present]
+    used = {"train", *present}
+    beside = [(e.path, "hidden or system file/folder" if is_hidden_or_junk(e.name)
+               else "beside the split folders (train/, val/ or test/)")
+              for e in sorted(os.scandir(root), key=lambda e: e.name) if e.name not in used]
+    if not scans:
+        return DatasetSplits(str(root), train, None, "train", beside=beside)
+    (name, val), *more = scans
+    return DatasetSplits(str(root), train, val, f"train+{name}", more, beside)

@@ -82,6 +82,11 @@ class StageRecord:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "picture"}
         return {**d, "input": asdict(self.input), "output": asdict(self.output)}
 
+    def _repr_html_(self) -> str:  # Jupyter: the report's data-flow table, one row
+        from .report.notebook import stages_html
+
+        return stages_html([self])
+
 
 def summarize(obj, *, channel_order: str = "?", layout: str | None = None) -> Summary:
     """Measure an object of the pipeline: bytes, an HWC array, a PIL image or a tensor."""
@@ -428,6 +433,11 @@ class DataFlow:
                 "seed_order_same": self.seed_order_same, "timing": self.timing,
                 "seed_stages": {str(k): v for k, v in SEED_STAGES.items()},
                 "stages": [s.to_dict() for s in self.stages]}
+
+    def _repr_html_(self) -> str:  # Jupyter: the report's data-flow section
+        from .report.notebook import flow_html
+
+        return flow_html(self)
 
     def extended(self, more: Sequence[StageRecord]) -> DataFlow:
         """The same flow with later steps (e.g. a model's forward pass) appended."""

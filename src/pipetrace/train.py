@@ -44,15 +44,18 @@ from .optim import build_optimizer, resume_schedule
 from .prepare import DatasetRefused, dataset_digest, first_images, name_bad, prepare_data
 from .records import EpochRecord, Observer, TrainResult
 from .runfolder import (
+    claim,
     load_initial_weights,
     make_checkpoint,
+    refuse_if_taken,
+    remove_stale_temp_files,
     set_rng_state,
     write_config,
     write_metrics,
     write_predictions,
 )
 from .trace import BatchProbe, batch_tracer, data_flow, step_record
-from .transforms import AUGMENTS, BatchAugment, Preprocess
+from .transforms import BatchAugment, Preprocess
 
 __all__ = ["PRESETS", "DatasetRefused", "EpochRecord", "Observer", "TrainConfig", "TrainResult",
            "TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
@@ -71,6 +74,19 @@ def resolve_device(name: str, dist: DistInfo = DistInfo()) -> torch.device:
         # bound NCCL to it); "cuda:0" on every rank would put all ranks on one GPU
         name = f"cuda:{dist.local_rank}"
     return torch.device(name)
+
+
+def check_device_exists(device: torch.device) -> None:
+    """One line instead of CUDA's traceback when the device asked for is not there."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but PyTorch sees no CUDA GPU "
+                         "here (torch.cuda.is_available() is False): use --device cpu, or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"device {str(device)!r} does not exist: PyTorch sees {count} GPU(s), "
+                         f"cuda:0 to cuda:{count - 1}")
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -104,6 +120,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 # -- one epoch -----------------------------------------------------------------------------------
+
+PROGRESS_SECONDS = 0.2  # observers hear about batches this often (and at an epoch's last step)
+
 
 @dataclass
 class _Sums:
@@ -143,6 +162,7 @@ class _Loop:
     pre: Preprocess
     channels_last: bool
     augment: BatchAugment
+    step_reached: int = 0  # steps finished in the current epoch (where a Ctrl-C landed)
 
 
 def _autocast(loop: _Loop):
@@ -163,6 +183,8 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
     data_time = 0.0
     steps = len(loader)
     t_data = time.perf_counter()
+    t_shown = -math.inf
+    loop.step_reached = 0
     for step, batch in enumerate(loader):
         batch: Batch
         bad.extend(batch.bad)
@@ -195,8 +217,11 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
             flow = data_flow(loader.dataset.pipeline.path, batch.trace, tracer.records,
                              [step_rec])
         sums.add(loss, logits, y)
-        if observers and (step % 10 == 0 or step == steps - 1):
-            rate = float(sums.count) * dist.world_size / (time.perf_counter() - t0)
+        loop.step_reached = step + 1
+        now = time.perf_counter()
+        if observers and (now - t_shown >= PROGRESS_SECONDS or step == steps - 1):
+            t_shown = now  # by time, not by step count: a slow epoch still moves
+            rate = float(sums.count) * dist.world_size / (now - t0)
             for o in observers:
                 o.on_batch_end(epoch, step + 1, steps, float(loss.detach()), rate)
         t_data = time.perf_counter()
@@ -266,11 +291,29 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     changes the saved plan's epoch count (to train longer); the learning-rate schedule is
     then re-planned over the new total and continues from the step reached.
 
+    The run folder is claimed for the whole run (``runfolder.claim``: a second writer fails
+    at once); a new run refuses a folder that already holds one; a resumed run first removes
+    the temp files a killed save left behind.
+
     Under torchrun (``dist.enabled``) every process calls this; rank 0 alone reads the
     checkpoint, writes files and tells the observers.
     """
-    if cfg.augment not in AUGMENTS:
-        raise ValueError(f"unknown augmentation {cfg.augment!r}; choose from {AUGMENTS}")
+    if not resume and not cfg.data:
+        raise ValueError("no dataset given: name the dataset folder (pipetrace train "
+                         "DATA_DIR, or TrainConfig(data=...))")
+    check_device_exists(resolve_device(cfg.device, dist))  # before anything is written
+    if not dist.is_main:
+        return _fit(cfg, observers=(), resume=resume, epochs=epochs, dist=dist)
+    with claim(cfg.out) as run:
+        if resume:
+            remove_stale_temp_files(run)
+        else:
+            refuse_if_taken(run)
+        return _fit(cfg, observers=observers, resume=resume, epochs=epochs, dist=dist)
+
+
+def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
+         epochs: int | None, dist: DistInfo) -> TrainResult:
     t_start = time.perf_counter()
     observers = tuple(observers) if dist.is_main else ()
     run = Path(cfg.out)
@@ -332,6 +375,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                                  if dist.enabled else None)
     steps_per_epoch = len(train_loader)
     opt, sched = build_optimizer(cfg, model, steps_per_epoch * cfg.epochs)  # DDP shares them
+    base_group = base_lr_group(opt, cfg.lr)  # the lr column shows this group's rate
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     loop = _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                  device, amp, scaler, pre, cfg.channels_last,
@@ -348,6 +392,8 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
         set_rng_state(state["rng"])
         start_epoch, best_acc = state["epoch"], state["best_acc"]
         records = [EpochRecord(**r) for r in state["history"]]
+        if dist.is_main:  # a kill between the metrics and the checkpoint left them apart
+            write_metrics(run, records)
     if dist.is_main:
         write_config(run, cfg)
     view = None
@@ -361,13 +407,14 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     info = {"config": cfg, "dataset": setup.info, "device": str(device),
             "amp": str(amp).removeprefix("torch.") if amp else "off",
             "params": count_parameters(model), "dist": dist, "start_epoch": start_epoch,
-            "steps_per_epoch": steps_per_epoch, "classes": classes, "model": model}
+            "steps_per_epoch": steps_per_epoch, "classes": classes, "model": model,
+            "findings": setup.findings}
     for o in observers:
         o.on_train_start(info)
     bad_files = list(setup.bad_files)
     confusion: list[list[int]] = []
     last_eval = None  # the last evaluation's per-image results
-    stopped = ""
+    stopped, interrupted_at, epoch = "", None, start_epoch
     ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg)
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -393,7 +440,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
             seconds = time.perf_counter() - t_epoch
             record = EpochRecord(
                 epoch=epoch + 1, train_loss=tr["loss"], train_acc=tr["acc"],
-                val_loss=ev["loss"], val_acc=ev["acc"], lr=opt.param_groups[0]["lr"],
+                val_loss=ev["loss"], val_acc=ev["acc"], lr=opt.param_groups[base_group]["lr"],
                 seconds=seconds, images_per_s=tr["count"] / max(tr["seconds"], 1e-9),
                 bad_images=len(bad_now))
             obs = observe([r.point() for r in records] + [record.point()], len(classes))
@@ -422,12 +469,13 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
                 o.on_epoch_end(record)
     except KeyboardInterrupt:
         stopped = "interrupted"
+        interrupted_at = (epoch + 1, loop.step_reached, steps_per_epoch)
     result = TrainResult(
         run_dir=str(run), config=cfg, classes=classes, preprocess=pre, model_config=model_cfg,
         records=records, confusion=confusion, flow=flow, probes=probe.samples, batch_view=view,
         bad_files=bad_files, params=count_parameters(model), dist=dist, ranks=ranks,
         dataset=setup.info, timing={"total_seconds": time.perf_counter() - t_start},
-        stopped=stopped)
+        stopped=stopped, interrupted_at=interrupted_at, findings=list(setup.findings))
     if dist.is_main:
         result.findings = run_checks(result)
         if last_eval is not None and setup.val_set is not None:
@@ -445,6 +493,16 @@ def predictions_of(dataset, classes: list[str], per_image) -> Predictions:
     samples = [dataset.samples[i] for i in idx.tolist()]
     return Predictions([p for p, _ in samples], np.array([y for _, y in samples], np.int64),
                        probs, losses, list(classes))
+
+
+def base_lr_group(opt: torch.optim.Optimizer, lr: float) -> int:
+    """The parameter group that runs at the configured rate (cifarnet's group 0 is its
+    batch-norm biases at 64x): the one whose peak is ``lr``, else the largest group."""
+    for i, g in enumerate(opt.param_groups):
+        if math.isclose(g.get("max_lr", g.get("initial_lr", g["lr"])), lr, rel_tol=1e-9):
+            return i
+    return max(range(len(opt.param_groups)),
+               key=lambda i: sum(p.numel() for p in opt.param_groups[i]["params"]))
 
 
 def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,

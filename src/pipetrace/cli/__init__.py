@@ -3,69 +3,108 @@
 The command line parses flags into a config, calls the library, maps errors to exit codes.
 
 Exit codes: 0 success, 1 findings/warnings (check, skew), 2 bad input (a file, a checkpoint,
-a dataset) or errors found by check, or a file that cannot be written, 3 a distributed run
-lost one of its processes, 130 interrupted.
+a dataset, a config value) or errors found by check, or a file that cannot be written, 3 a
+distributed run lost one of its processes, 130 interrupted.
+
+Only the command being run has its flags built (and its module imported): ``pipetrace
+--help`` imports neither torch nor OpenCV and answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
+import warnings
 
 from .. import __version__
-from .analyse import add_errors, add_evaluate
-from .examine import add_check, add_trace
-from .run import add_demo, add_train
-from .serve import add_export, add_predict, add_skew
-from .views import add_quiz, add_report
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_check, add_skew, add_export,
-            add_report, add_quiz, add_evaluate, add_errors)
+# name -> (module in this package, one-line help); the module's add_<name>(parser) adds the
+# command's flags and sets its function.
+COMMANDS = {
+    "demo": ("run", "the whole pipeline on the built-in shapes dataset"),
+    "train": ("run", "train on an ImageFolder dataset and trace it"),
+    "trace": ("examine", "the data-flow trace of one image, or of one item of your own "
+              "dataset (--dataset)"),
+    "predict": ("serve", "classify images and trace one through every layer"),
+    "check": ("examine", "read every file of a dataset once and report problems (exit 0 "
+              "clean, 1 warnings, 2 errors)"),
+    "skew": ("serve", "compare your own inference preprocessing with the checkpoint's "
+             "evaluation pipeline"),
+    "export": ("serve", "write the model as ONNX (contract in its metadata) and check it with "
+               "onnxruntime"),
+    "report": ("views", "render report.html again from trace.json"),
+    "quiz": ("views", "the run's quiz in the terminal"),
+    "evaluate": ("analyse", "evaluate a checkpoint on a labelled split, image by image, and "
+                 "analyse its errors"),
+    "errors": ("analyse", "the error analysis of a run's last evaluation"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the command it names gets its flags (cheap help)."""
     p = argparse.ArgumentParser(prog="pipetrace", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"pipetrace {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
-        add(sub)
+    wanted = None if argv is None else next((a for a in argv if a in COMMANDS), "")
+    for name, (module, help_text) in COMMANDS.items():
+        cp = sub.add_parser(name, help=help_text, description=help_text)
+        if wanted is None or name == wanted:
+            mod = importlib.import_module(f".{module}", __name__)
+            getattr(mod, f"add_{name.replace('-', '_')}")(cp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     from ..checkpoint import CheckpointError
     from ..images import ImageLoadError
-    from ..train import DatasetRefused, TrainingDiverged
+    from ..prepare import DatasetRefused
+    from ..text import printable
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("pipetrace: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `pipetrace check --json | head`: the reader left, not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ImageLoadError, CheckpointError, DatasetRefused, OSError, ValueError,
-            TrainingDiverged) as exc:  # OSError: a missing folder, a read-only one, a full disk
-        from ..files import safe_text
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning_safely  # restored on leaving the block
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("pipetrace: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `pipetrace check --json | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except (ImageLoadError, CheckpointError, DatasetRefused, OSError,
+                ValueError) as exc:  # OSError: a missing folder, a read-only one, a full disk
+            print(f"pipetrace: error: {_rank_prefix()}{printable(exc)}", file=sys.stderr)
+            return 2
+        except RuntimeError as exc:
+            from ..train import TrainingDiverged
 
-        print(f"pipetrace: error: {_rank_prefix()}{safe_text(str(exc))}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # a collective that failed: say what it means
-        from ..distributed import is_collective_failure
+            if isinstance(exc, TrainingDiverged):
+                print(f"pipetrace: error: {_rank_prefix()}{printable(exc)}", file=sys.stderr)
+                return 2
+            from ..distributed import is_collective_failure
 
-        if not is_collective_failure(exc):
-            raise
-        from ..files import safe_text
+            if not is_collective_failure(exc):  # a collective that failed: say what it means
+                raise
+            reason = printable(str(exc).strip().splitlines()[0][:300])
+            print(f"pipetrace: error: {_rank_prefix()}lost contact with the other processes "
+                  f"({reason}). Another process failed, hung or was stopped: see its messages "
+                  f"above. (A step that truly takes longer needs a larger --dist-timeout, now "
+                  f"{getattr(args, 'dist_timeout', 300.0):g} s.)", file=sys.stderr)
+            return 3
 
-        reason = safe_text(str(exc)).strip().splitlines()[0][:300]
-        print(f"pipetrace: error: {_rank_prefix()}lost contact with the other processes "
-              f"({reason}). Another process failed, hung or was stopped: see its messages "
-              f"above. (A step that truly takes longer needs a larger --dist-timeout, now "
-              f"{getattr(args, 'dist_timeout', 300.0):g} s.)", file=sys.stderr)
-        return 3
+
+def _show_warning_safely(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (matplotlib's missing-glyph warning quotes a class name) reach the
+    terminal with every control, bidi and zero-width character shown as an escape."""
+    from ..text import printable_lines
+
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    with contextlib.suppress(OSError):  # stderr gone: a warning is not worth a crash
+        (file or sys.stderr).write(printable_lines(text.rstrip("\n")) + "\n")
 
 
 def _rank_prefix() -> str:

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 
-def add_evaluate(sub) -> None:
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled split, image by "
-                        "image, and analyse its errors")
+def add_evaluate(ev) -> None:
     ev.add_argument("model", help="run folder or checkpoint file")
     ev.add_argument("data", nargs="?", help="dataset root (default: the one it was trained on)")
     ev.add_argument("--split", choices=("val", "train", "all"), default="val",
@@ -41,8 +39,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def add_errors(sub) -> None:
-    er = sub.add_parser("errors", help="the error analysis of a run's last evaluation")
+def add_errors(er) -> None:
     er.add_argument("run", help="run folder, eval folder or predictions.csv")
     er.add_argument("--top", type=int, default=12, help="worst images to list (default: 12)")
     er.add_argument("--json", action="store_true", help="print the analysis as JSON")

@@ -6,11 +6,9 @@ import os
 import sys
 
 
-def add_trace(sub) -> None:
+def add_trace(tr) -> None:
     from ..pipeline import PLANTS
 
-    tr = sub.add_parser("trace", help="the data-flow trace of one image, or of one item of "
-                        "your own dataset (--dataset)")
     tr.add_argument("image", nargs="?", help="an image file (or use --dataset)")
     tr.add_argument("--dataset", metavar="MODULE:FACTORY",
                     help="trace your own Dataset: FACTORY() returns a torch Dataset or a "
@@ -79,6 +77,8 @@ def cmd_trace(args) -> int:
         console.print(term.stage_table(flow, title=f"Data flow — {term.clean(args.image)}"))
         if note:
             console.print(term.clean(note))
+        elif lm is not None:
+            console.print(f"Probabilities (softmax), {term.clean(flow.stages[-1].note)}")
         elif lm is None:
             console.print("No model given: stage 5 (the model) is not run; use --model RUN_DIR.")
         term.print_findings(console, findings)
@@ -111,11 +111,9 @@ def _trace_dataset(args) -> int:
     return 1 if any(f.severity == "error" for f in trace.findings) else 0
 
 
-def add_check(sub) -> None:
+def add_check(c) -> None:
     from ..images import LoadLimits
 
-    c = sub.add_parser("check", help="read every file of a dataset once and report problems "
-                       "(exit 0 clean, 1 warnings, 2 errors)")
     c.add_argument("data", help="dataset root (train/ + val/, or class folders)")
     c.add_argument("--json", action="store_true", help="print the full report as JSON")
     c.add_argument("--fast", action="store_true",

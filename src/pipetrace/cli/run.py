@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -16,9 +17,9 @@ def default_cache_dir() -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 
-def add_demo(sub) -> None:
-    d = sub.add_parser("demo", help="the whole pipeline on the built-in shapes dataset")
-    d.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+def add_demo(d) -> None:
+    d.add_argument("--out", default=None, help="run folder (default: runs/demo, or runs/demo2, "
+                   "... when that holds a run)")
     d.add_argument("--cache-dir", default=None, help="where the dataset is rendered once")
     d.add_argument("--epochs", type=int, default=5)
     d.add_argument("--loader", choices=("fast", "classic"), default="fast")
@@ -30,22 +31,27 @@ def add_demo(sub) -> None:
 def cmd_demo(args) -> int:
     from ..demo import DemoConfig, run_demo
     from ..report import terminal as term
+    from ..runfolder import claim, claim_next_free
 
     console = term.make_console()
-    cfg = DemoConfig(out=args.out, cache_dir=args.cache_dir or default_cache_dir(),
-                     epochs=args.epochs, loader=args.loader, workers=args.workers, seed=args.seed)
-    console.print(f"pipetrace demo: built-in shapes dataset in {term.clean(cfg.cache_dir)}")
-    result, art = run_demo(cfg, observers=(term.TerminalObserver(console),))
-    print_run(console, result, art)
-    return 0
+    with claim(args.out) if args.out else claim_next_free(DemoConfig.out) as out:
+        cfg = DemoConfig(out=str(out), cache_dir=args.cache_dir or default_cache_dir(),
+                         epochs=args.epochs, loader=args.loader, workers=args.workers,
+                         seed=args.seed)
+        console.print(f"pipetrace demo: built-in shapes dataset in {term.clean(cfg.cache_dir)}")
+        result, art = run_demo(cfg, observers=(term.TerminalObserver(console),))
+        print_run(console, result, art)
+    return 130 if result.stopped == "interrupted" else 0
 
 
-def add_train(sub) -> None:
-    from ..config import PRESETS, TrainConfig
+def add_train(t) -> None:
+    from ..config import PRESETS, TrainConfig, field_allowed, field_doc, field_kind
 
-    t = sub.add_parser("train", help="train on an ImageFolder dataset and trace it")
-    t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders)")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
+    t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders); "
+                   "required unless --resume")
+    t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: " + "; ".join(
+        f"{name} ({', '.join(f'{k}={v}' for k, v in list(p.items())[:4])}, ...)"
+        for name, p in sorted(PRESETS.items())))
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with "
                    "--epochs N: train it for N epochs in all, re-planning the LR schedule)")
     t.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
@@ -53,27 +59,42 @@ def add_train(sub) -> None:
                    "run fails (default: 300)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     defaults = TrainConfig()
-    for f in fields(TrainConfig):  # one flag per config field, typed by its default
+    for f in fields(TrainConfig):  # one flag per config field; help from its declaration
         if f.name == "data":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            t.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        kind, allowed, default = field_kind(f), field_allowed(f), getattr(defaults, f.name)
+        doc = field_doc(f).replace("%", "%%")
+        if kind is bool:
+            t.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=f"{doc} (default: {'on' if default else 'off'})")
+            continue
+        if f.name == "out":
+            shown = f"{default}, or {default}2, ... when that holds a run"
         else:
-            kind = type(default) if default is not None else (int if "int" in str(f.type) else str)
-            t.add_argument(flag, dest=f.name, type=kind, default=None,
-                           help=f"(default: {default})")
+            shown = "none" if default is None else f"{default:g}" if kind is float else default
+        names = [*allowed.choices, *([allowed.pattern_text] if allowed.pattern_text else [])]
+        metavar = "{" + ",".join(names) + "}" if names else {int: "N", float: "X"}.get(kind,
+                                                                                       "TEXT")
+        t.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
+                       help=f"{doc}{_range_text(allowed, kind)} (default: {shown})")
     t.set_defaults(func=cmd_train)
+
+
+def _range_text(allowed, kind) -> str:
+    """'; an integer >= 1' for a numeric range (choices show in the flag's {a,b} already)."""
+    return "" if allowed.choices or kind is str else f"; {allowed.describe(kind)}"
 
 
 def cmd_train(args) -> int:
     from ..config import PRESETS, TrainConfig
-    from ..distributed import DistInfo, env_requests_distributed, init_distributed, shutdown
-    from ..report import terminal as term
-    from ..report.build import write_run_report
-    from ..train import fit
+    from ..distributed import env_requests_distributed
+    from ..runfolder import claim, claim_next_free
+    from ..train import check_device_exists, resolve_device
 
+    if not args.data and not args.resume:
+        raise ValueError("train needs the dataset folder: pipetrace train DATA_DIR (or "
+                         "--resume RUN_DIR to continue a run)")
     values = {}
     if args.preset:
         values.update(PRESETS[args.preset])
@@ -81,9 +102,26 @@ def cmd_train(args) -> int:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    cfg = TrainConfig(**values)
+    values["data"] = args.data or ""
     if args.resume:
-        cfg = replace(cfg, out=args.resume)
+        values["out"] = args.resume
+    cfg = TrainConfig(**values)  # every field checked here, before anything is scanned
+    check_device_exists(resolve_device(cfg.device))  # ... or any folder is made
+    if env_requests_distributed(os.environ) and os.environ.get("RANK") != "0":
+        return _train(args, cfg)  # only rank 0 writes (and claims) the run folder
+    if args.resume or args.out:
+        with claim(cfg.out):
+            return _train(args, cfg)
+    with claim_next_free(cfg.out) as out:  # runs/train, runs/train2, ...: never over a run
+        return _train(args, replace(cfg, out=str(out)))
+
+
+def _train(args, cfg) -> int:
+    from ..distributed import DistInfo, env_requests_distributed, init_distributed, shutdown
+    from ..report import terminal as term
+    from ..report.build import write_run_report
+    from ..train import fit
+
     dist = DistInfo()
     if env_requests_distributed(os.environ):  # started by torchrun
         dist = init_distributed(os.environ, use_cuda=_wants_cuda(cfg.device),
@@ -98,7 +136,8 @@ def cmd_train(args) -> int:
         result = fit(cfg, observers=observers, resume=bool(args.resume),
                      epochs=args.epochs if args.resume else None, dist=dist)
         if dist.is_main:
-            image, truth = _first_val_image(result)
+            interrupted = result.stopped == "interrupted"
+            image, truth = (None, None) if interrupted else _first_val_image(result)
             art = write_run_report(result, image=image, command="train", true_class=truth)
             print_run(console, result, art)
     finally:
@@ -109,6 +148,12 @@ def cmd_train(args) -> int:
 def print_run(console, result, art) -> None:
     from ..report import terminal as term
 
+    if result.stopped == "interrupted":  # one line, then the short summary only
+        console.print(interrupted_line(result), markup=False, soft_wrap=True)  # one line
+        term.print_training(console, result)
+        console.print(f"Wrote {term.clean(result.run_dir)}/: trace.json, report.html, "
+                      "metrics.jsonl, metrics.csv")
+        return
     if result.flow is not None:
         console.print(term.stage_table(result.flow, title="Data flow — the run's first batch, "
                                        f"{result.flow.path} path"))
@@ -119,12 +164,25 @@ def print_run(console, result, art) -> None:
                                        f"{term.clean(pred['image'])}"))
         console.print("Top classes:\n" + term.top_k_lines(art.layer_trace), markup=False)
     for f in art.findings:
-        console.print(f"[{'red' if f.severity == 'error' else 'yellow'}]{f.severity}[/]: "
-                      f"{term.clean(f.title)} — {term.clean(f.fix)}")
+        console.print(term.finding_line(f))
     if not art.findings:
         console.print("Checks: no problems found.")
     console.print(f"Wrote {term.clean(result.run_dir)}/: trace.json, report.html, metrics.jsonl, "
                   "metrics.csv, curves.png, confusion.png, last.pt, best.pt")
+
+
+def interrupted_line(result) -> str:
+    """'Interrupted in epoch 3 at step 40 of 96; last.pt holds epoch 2 of 5. Resume with: ...'"""
+    from ..text import printable
+
+    epoch, step, steps = result.interrupted_at or (len(result.records) + 1, 0, 0)
+    where = f"in epoch {epoch} at step {step} of {steps}" if steps else f"in epoch {epoch}"
+    if not result.records:
+        return (f"Interrupted {where}, before the first epoch was saved: nothing to resume; "
+                "run the same command again to start over.")
+    run = printable(shlex.quote(result.run_dir))
+    return (f"Interrupted {where}; last.pt holds epoch {result.records[-1].epoch} of "
+            f"{result.config.epochs}. Resume with: pipetrace train --resume {run}")
 
 
 def _wants_cuda(device: str) -> bool:

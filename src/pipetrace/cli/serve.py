@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 
-def add_predict(sub) -> None:
-    pr = sub.add_parser("predict", help="classify images and trace one through every operation")
+def add_predict(pr) -> None:
     pr.add_argument("model", help="run folder or checkpoint file")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.add_argument("--top-k", type=int, default=3)
@@ -62,9 +61,20 @@ def cmd_predict(args) -> int:
         Path(args.save).mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(args.save) / "predictions.csv", text)
         console.print(f"Wrote {len(preds)} predictions to {term.clean(args.save)}/predictions.csv")
-    else:
-        sys.stdout.write(text)
+    else:  # a terminal (or a pipe) gets every name neutralised, and \n line ends
+        sys.stdout.write(predictions_csv([printable_prediction(p) for p in preds])
+                         .replace("\r\n", "\n"))
     return 0
+
+
+def printable_prediction(p):
+    """The prediction with its path, classes and error made safe for a terminal."""
+    from dataclasses import replace
+
+    from ..text import printable
+
+    return replace(p, path=printable(p.path), error=printable(p.error),
+                   top_k=[(printable(c), v) for c, v in p.top_k])
 
 
 def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]:
@@ -81,9 +91,7 @@ def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]
     return files
 
 
-def add_skew(sub) -> None:
-    sk = sub.add_parser("skew", help="compare your own inference preprocessing with the "
-                        "checkpoint's evaluation pipeline")
+def add_skew(sk) -> None:
     sk.add_argument("model", help="run folder or checkpoint file")
     sk.add_argument("images", nargs="*", help="image files or folders (default: validation "
                     "images of the checkpoint's dataset)")
@@ -114,11 +122,9 @@ def cmd_skew(args) -> int:
     return 1 if report.skew else 0
 
 
-def add_export(sub) -> None:
+def add_export(ex) -> None:
     from ..export import OPSET
 
-    ex = sub.add_parser("export", help="write the model as ONNX (contract in its metadata) and "
-                        "check it with onnxruntime")
     ex.add_argument("model", help="run folder or checkpoint file")
     ex.add_argument("images", nargs="*", help="images to check on (default: validation "
                     "images of the checkpoint's dataset)")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def add_report(sub) -> None:
-    r = sub.add_parser("report", help="render report.html again from trace.json")
+def add_report(r) -> None:
     r.add_argument("run", help="run folder or trace.json")
     r.add_argument("--out", help="output HTML file (default: beside trace.json)")
     r.set_defaults(func=cmd_report)
@@ -17,12 +16,13 @@ def cmd_report(args) -> int:
 
     target = rerender(str(Path(args.run) / "trace.json") if Path(args.run).is_dir() else args.run,
                       args.out)
-    print(f"Wrote {target}")
+    from ..text import printable
+
+    print(f"Wrote {printable(target)}")
     return 0
 
 
-def add_quiz(sub) -> None:
-    q = sub.add_parser("quiz", help="the run's quiz in the terminal")
+def add_quiz(q) -> None:
     q.add_argument("run", help="run folder or trace.json")
     q.add_argument("--answers", action="store_true", help="print questions with answers")
     q.set_defaults(func=cmd_quiz)

@@ -11,13 +11,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..checks import Finding
 from ..explain import png_bytes
 from ..files import write_bytes_atomic, write_text_atomic
+from ..findings import Finding
 from ..layers import LayerTrace
 from ..predict import PredictionRecord, load_model, record_prediction
 from ..records import TrainResult
-from ..trace import DataFlow
+from ..trace import DataFlow, StageRecord
 from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
@@ -76,14 +76,17 @@ def distributed_block(result: TrainResult) -> dict:
             "ranks": [r.to_dict() for r in result.ranks]}
 
 
+def stage_dict(s: StageRecord) -> dict:
+    """One step as trace.json holds it: its record, its picture as a PNG data URI."""
+    return {**s.to_dict(), "picture": data_uri(png_bytes(s.picture))
+            if s.picture is not None else None}
+
+
 def flow_block(flow: DataFlow | None) -> dict | None:
     """The data flow with each stage's picture as a PNG data URI."""
     if flow is None:
         return None
-    block = flow.to_dict()
-    for d, s in zip(block["stages"], flow.stages, strict=True):
-        d["picture"] = data_uri(png_bytes(s.picture)) if s.picture is not None else None
-    return block
+    return {**flow.to_dict(), "stages": [stage_dict(s) for s in flow.stages]}
 
 
 def build_document(result: TrainResult, *, command: str, prediction: dict | None,

@@ -12,7 +12,8 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from ..doctor import SEVERITIES, DataFinding, DatasetReport
+from ..doctor import DatasetReport
+from ..findings import SEVERITIES, Finding
 from .terminal import clean
 
 COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -47,7 +48,7 @@ def counts_table(report: DatasetReport) -> Table:
     return t
 
 
-def finding_lines(f: DataFinding, root: str, *, max_paths: int = 5) -> list[str]:
+def finding_lines(f: Finding, root: str, *, max_paths: int = 5) -> list[str]:
     colour = COLOURS[f.severity]
     lines = [f"[{colour}]{f.severity}[/] [bold]{clean(f.check)}[/]: {clean(f.title)}",
              f"    {clean(f.evidence)}", f"    fix: {clean(f.fix)}"]

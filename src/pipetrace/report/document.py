@@ -14,6 +14,9 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``prediction.output`` and ``prediction.depth``; each ``prediction.layers[]`` row gains
   ``inputs``, ``join`` and ``ops``, and operations outside the shown modules (residual adds,
   flattens, concatenations) are rows of their own; ``gradcam_op`` and ``feature_stages``.
+  ``findings`` start with the dataset checks ``train`` ran before its first epoch, and
+  each finding has ``paths`` (the files or folders it is about); ``quiz`` entries have
+  ``topic`` (the template that asked them).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..files import safe_text, write_text_atomic
+from ..files import write_text_atomic
+from ..text import safe_text
 
 FORMAT = "pipetrace-trace"
 VERSION = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 
 import matplotlib
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..batch_view import BatchView
-from ..files import safe_text
+from ..text import printable
 
 
 def curves_png(epochs: Sequence[dict]) -> bytes:
@@ -55,14 +56,17 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str]) ->
 
 
 def plain_label(s: str) -> str:
-    """A class name shown literally: no mathtext from '$', no broken bytes."""
-    return safe_text(s).replace("$", r"\$")
+    """A class name shown literally: no mathtext from '$', no broken bytes, controls and
+    bidi characters as visible escapes (matplotlib would quote them raw in its warnings)."""
+    return printable(s).replace("$", r"\$")
 
 
 def _save(fig) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    with warnings.catch_warnings():  # a name in a script the font lacks: drawn as boxes
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+        fig.tight_layout()
+        fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 

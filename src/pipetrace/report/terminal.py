@@ -6,36 +6,31 @@ or a checkpoint goes through :func:`clean` (no rich markup, no terminal escape s
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import ErrorAnalysis
-from ..files import safe_text
 from ..layers import LayerTrace
 from ..ops import OpTrace
 from ..pipeline import SEED_STAGES
 from ..records import EpochRecord, Observer, TrainResult
+from ..text import printable
 from ..trace import DataFlow
 
 if TYPE_CHECKING:
     from ..export import OnnxCheck
     from ..skew import SkewReport
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 
 def clean(s: object) -> str:
-    """Printable, markup-free text: control characters shown as \\xNN, U+FFFD for bad bytes."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", safe_text(str(s)))
-    return escape(text)
+    """A name for the rich console: :func:`pipetrace.text.printable` with markup escaped."""
+    return printable(s, markup=True)
 
 
 def make_console(file=None, *, width: int | None = None) -> Console:
@@ -281,21 +276,44 @@ def print_training(console: Console, result: TrainResult) -> None:
             console.print(f"  {clean(reason)}")
         if len(result.bad_files) > 10:
             console.print(f"  ... and {len(result.bad_files) - 10} more (see trace.json)")
-    if result.stopped:
+    if result.stopped and result.stopped != "interrupted":  # the CLI says where it stopped
         console.print(f"[red]Stopped: {clean(result.stopped)}[/]")
 
 
+def finding_line(f) -> str:
+    """'warning: <title> — <fix>', for a rich console (names escaped)."""
+    colour = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
+    return f"[{colour}]{f.severity}[/]: {clean(f.title)} — {clean(f.fix)}"
+
+
+def duration(seconds: float) -> str:
+    """'0:01:05' (h:mm:ss)."""
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class TerminalObserver(Observer):
-    """Progress over batches (only on a terminal) and one line per epoch as it ends."""
+    """Progress over batches (only on a terminal, refreshed by time, with the time left in
+    the epoch and in the run) and one line per epoch as it ends."""
 
     def __init__(self, console: Console):
         self.console = console
         self.progress: Progress | None = None
         self.task = None
         self.t0 = time.perf_counter()
+        self.steps_done = 0  # steps of this session (a resumed run counts from its restart)
+        self.steps_left = 0
+        self.epoch_steps = 0
 
     def on_train_start(self, info: dict) -> None:
         ds, cfg = info["dataset"], info["config"]
+        start = info.get("start_epoch", 0)
+        if start:
+            where = (f"continuing with epoch {start + 1} of {cfg.epochs}" if start < cfg.epochs
+                     else f"all {cfg.epochs} epochs are done: nothing to train (--epochs N "
+                     "trains it longer)")
+            self.console.print(f"Resuming {clean(cfg.out)} from last.pt after epoch {start}: "
+                               f"{where}")
         self.console.print(
             f"Training [bold]{clean(cfg.model)}[/] ({info['params']:,} parameters) on "
             f"{ds['train_images']:,} images, validating on {ds['val_images']:,} "
@@ -304,25 +322,46 @@ class TerminalObserver(Observer):
             + (f" x {processes(info['dist'].world_size)} = "
                f"{cfg.batch_size * info['dist'].world_size} global ({info['dist'].backend})"
                if info["dist"].enabled else ""))
+        findings = info.get("findings", [])
+        if findings:
+            self.console.print(f"Dataset checks before the first epoch: {len(findings)} "
+                               "finding(s) (all in trace.json and report.html)")
+            for f in findings:
+                self.console.print("  " + finding_line(f))
+        self.t0 = time.perf_counter()
+        self.steps_left = max(cfg.epochs - start, 0) * info.get("steps_per_epoch", 0)
         if self.console.is_terminal:
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                      TextColumn("{task.completed}/{task.total}"),
                                      TextColumn("loss {task.fields[loss]:.3f}"),
                                      TextColumn("{task.fields[rate]:,.0f} img/s"),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+                                     TimeRemainingColumn(), TextColumn("{task.fields[eta]}"),
+                                     console=self.console, transient=True,
+                                     refresh_per_second=5)
             self.progress.start()
+
+    def run_eta(self, step: int) -> str:
+        """'run 0:03:10 left' from this session's average time per step (validation in)."""
+        done = self.steps_done + step
+        if not done:
+            return ""
+        left = (time.perf_counter() - self.t0) / done * max(self.steps_left - done, 0)
+        return f"(run {duration(left)} left)"
 
     def on_batch_end(self, epoch, step, steps, loss, images_per_s) -> None:
         if self.progress is None:
             return
+        self.epoch_steps = steps
+        eta = self.run_eta(step)
         if self.task is None:
             self.task = self.progress.add_task("train", total=steps, epoch=epoch, loss=loss,
-                                               rate=images_per_s)
+                                               rate=images_per_s, eta=eta)
         self.progress.update(self.task, completed=step, total=steps, epoch=epoch, loss=loss,
-                             rate=images_per_s)
+                             rate=images_per_s, eta=eta)
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         if self.progress is not None and self.task is not None:
+            self.steps_done += self.epoch_steps
             self.progress.remove_task(self.task)
             self.task = None
         cells = epoch_cells(record)

@@ -1,0 +1,148 @@
+"""TrainConfig validates itself from its field declarations, and `train --help` prints them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from pipetrace.cli import main
+from pipetrace.config import (
+    AUGMENT_CHOICES,
+    LOADER_CHOICES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    field_allowed,
+    field_doc,
+    field_kind,
+)
+
+
+def bad_values(f) -> list:
+    """Values just outside what the field allows, read from its own declaration."""
+    allowed, kind = field_allowed(f), field_kind(f)
+    if kind is bool:
+        return ["yes"]
+    if kind is str:
+        return ["no-such-choice"] if allowed.choices else [3]
+    out = ["7"]  # a string where a number belongs
+    if allowed.low is not None:
+        out.append(allowed.low if allowed.low_open else allowed.low - 1)
+    if allowed.high is not None:
+        out.append(allowed.high if allowed.high_open else allowed.high + 1)
+    if kind is int:
+        out.append(1.5)
+    else:
+        out.append(float("nan"))
+    if not allowed.optional:
+        out.append(None)
+    return out
+
+
+CASES = [(f.name, v) for f in fields(TrainConfig) for v in bad_values(f)]
+
+
+@pytest.mark.parametrize("name, value", CASES, ids=[f"{n}={v!r}" for n, v in CASES])
+def test_every_field_refuses_what_it_does_not_allow_in_one_line(name, value):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**{name: value})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{name} (--{name.replace('_', '-')})")
+    assert repr(value) in message and "it must be" in message
+
+
+def test_defaults_and_presets_are_allowed_and_choices_match_the_code():
+    from pipetrace.data import LOADER_PATHS
+    from pipetrace.transforms import AUGMENTS
+
+    TrainConfig()
+    for preset in PRESETS.values():
+        TrainConfig(**preset)
+    assert AUGMENT_CHOICES == AUGMENTS and LOADER_CHOICES == LOADER_PATHS
+    assert TrainConfig(device="cuda:3").device == "cuda:3"  # cuda:N, by pattern
+
+
+def help_text(*argv: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipetrace", *argv], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+    assert proc.returncode == 0, proc.stderr
+    return " ".join(proc.stdout.split())  # argparse wraps lines
+
+
+def test_train_help_shows_each_fields_documentation_choices_and_default():
+    text = help_text("train", "--help")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name == "data":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+        assert " ".join(field_doc(f).split()) in text, f.name
+        allowed = field_allowed(f)
+        if allowed.choices:
+            assert "{" + ",".join(allowed.choices) in text, f.name
+        elif field_kind(f) in (int, float):
+            assert allowed.describe(field_kind(f)) in text, f.name
+        default = getattr(defaults, f.name)
+        if isinstance(default, str) and f.name != "out":
+            assert f"(default: {default})" in text, f.name
+
+
+IMPORTS = """
+import sys
+from pipetrace.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in ("torch", "torchvision", "cv2", "matplotlib") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["--help"], []),
+    (["train", "--help"], ["cv2"]),  # the config's pixel limit comes from images.py
+    (["check", "--help"], ["cv2"]),
+    (["quiz", "--help"], []),
+])
+def test_help_imports_no_torch(argv, allowed):
+    """`pipetrace --help` answers at once: nothing heavy is imported to build it (measured
+    with bench/cli_start.py; docs/performance.md)."""
+    proc = subprocess.run([sys.executable, "-c", IMPORTS, *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = eval(proc.stdout.strip().splitlines()[-1])
+    assert set(imported) <= set(allowed), imported
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--epochs", "0"], "epochs (--epochs) cannot be 0"),
+    (["--epochs", "-1"], "epochs (--epochs) cannot be -1"),
+    (["--image-size", "0"], "image_size (--image-size) cannot be 0"),
+    (["--batch-size", "-1"], "batch_size (--batch-size) cannot be -1"),
+    (["--crop-pct", "0"], "crop_pct (--crop-pct) cannot be 0.0"),
+    (["--optimizer", "adam"], "it must be one of: sgd, adamw"),
+])
+def test_bad_flags_are_one_line_before_the_dataset_is_looked_at(flags, says, tmp_path, capsys):
+    """The dataset folder does not exist: the error is about the flag, so it came first."""
+    assert main(["train", str(tmp_path / "no-such-dataset"), "--out", str(tmp_path / "r"),
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "no-such-dataset" not in err, err
+
+
+def test_a_gpu_that_is_not_there_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train", str(tmp_path / "no-such-dataset"), "--device", "cuda",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"'cuda'.*no CUDA GPU", err), err
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
