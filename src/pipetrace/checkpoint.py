@@ -144,11 +144,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True) -> list[str]:
+def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True
+                    ) -> tuple[list[str], list[str]]:
     """Load weights, turning shape or key mismatches into one CheckpointError line.
 
-    With ``strict=False`` (``train --weights``), tensors whose shape differs (a classifier
-    for another class count) are skipped; the names of the skipped tensors are returned.
+    With ``strict=False`` (initial weights for fine-tuning), tensors whose name or shape
+    does not fit (a classifier for another class count) are left out. Returns the names
+    loaded and the names of ``state`` that were left out.
     """
     own = model.state_dict()
     skipped = []
@@ -159,12 +161,12 @@ def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True)
                 skipped.append(k)
                 del state[k]
     try:
-        result = model.load_state_dict(state, strict=strict)
+        model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
         raise CheckpointError(path, f"weights do not fit this model: {detail[:200]}") from None
-    return skipped + list(getattr(result, "missing_keys", []))
+    return [k for k in own if k in state], skipped
 
 
 def is_finite_number(x: float) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .trace import Summary, detect_channel_order, summarize
+from .trace import Summary, _triple, detect_channel_order, summarize
 from .transforms import Preprocess
 
 SEVERITIES = ("error", "warning", "info")
@@ -194,10 +194,42 @@ def check_class_order(classes: Sequence[str]) -> list[Finding]:
 
 # -- a whole run -----------------------------------------------------------------------------------
 
+def check_pretrained_contract(expected: Preprocess, used: Preprocess,
+                              source: str) -> list[Finding]:
+    """Pretrained weights were trained with ``expected``; a run that overrides it (``--image-size``,
+    ``--crop-pct``, ``--stats``) is allowed, and told what the weights expect."""
+    def geometry(p: Preprocess) -> str:
+        return f"resize {p.resize_size} ({p.interpolation}), crop {p.size}"
+
+    def stats(p: Preprocess) -> str:
+        return f"mean {_triple(p.mean)}, std {_triple(p.std)}"
+
+    differ = []
+    if (expected.size, expected.resize_size, expected.interpolation) != (
+            used.size, used.resize_size, used.interpolation):
+        differ.append(f"{geometry(expected)} where this run uses {geometry(used)}")
+    normalization = not (np.allclose(expected.mean, used.mean, atol=1e-4)
+                         and np.allclose(expected.std, used.std, atol=1e-4))
+    if normalization:
+        differ.append(f"{stats(expected)} where this run uses {stats(used)}")
+    if not differ:
+        return []
+    return [Finding(
+        "pretrained-contract", "warning" if normalization else "info", "3 transform",
+        "Preprocessing differs from what the pretrained weights expect",
+        f"{source} was trained with " + "; and ".join(differ),
+        "leave out --image-size, --crop-pct and --stats to use the weights' own preprocessing; "
+        "keep them only on purpose (fine-tuning adapts, but starts from features made for "
+        "the weights' inputs)")]
+
+
 def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
     """Findings for a training run, from its recorded stages and sampled batch statistics."""
     findings = check_class_order(result.classes)
     pre = result.preprocess
+    weights = getattr(result, "weights", None)
+    if weights is not None and weights.preprocess is not None:
+        findings += check_pretrained_contract(weights.preprocess, pre, weights.source)
     by_index = {s.index: s for s in result.stages}
     if 2 in by_index and by_index[2].output.channel_order == "BGR":
         findings += [Finding("channel-order", "error", "2 convert",

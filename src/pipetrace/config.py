@@ -20,9 +20,12 @@ PRESETS: dict[str, dict] = {
                   optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
                   schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
                   label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True),
-    # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
-    "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
-                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
+    # Real photos: fine-tune ImageNet weights (fastai's fine_tune): one epoch trains the new
+    # head on the frozen network, then all layers, the pretrained ones at a tenth of the rate.
+    # Size, crop, interpolation, mean and std come from the weights (224, 256, bilinear).
+    "photos": dict(model="resnet18", weights="DEFAULT", epochs=10, batch_size=32,
+                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc",
+                   freeze_epochs=1, backbone_lr_scale=0.1),
 }
 
 
@@ -32,14 +35,15 @@ class TrainConfig:
 
     data: str = ""  # ImageFolder root: train/ + val/ (or test/), or class folders directly
     out: str = "runs/train"  # run folder for checkpoints, metrics, plots and the report
-    model: str = "pipenet-s"  # built-in CNN or torchvision architecture name
-    weights: str | None = None  # initial weights (state dict or pipetrace checkpoint)
+    model: str = "pipenet-s"  # built-in CNN, torchvision architecture name, or timm/<name> (timm extra)
+    weights: str | None = None  # initial weights: a name (DEFAULT, IMAGENET1K_V1, ...: pretrained) or a file (state dict, pipetrace checkpoint)
     epochs: int = 5  # passes over the training set
     batch_size: int = 32  # images per step and process (global batch = this x world size)
-    image_size: int = 224  # side of the square model input, pixels
-    crop_pct: float = 0.875  # eval: resize short side to image_size / crop_pct, centre-crop
+    image_size: int | None = None  # side of the square model input, pixels (None: the weights' own, else 224)
+    crop_pct: float | None = None  # eval: resize short side to image_size / crop_pct, centre-crop (None: the weights' own, else 0.875)
     optimizer: str = "adamw"  # "sgd" (Nesterov momentum) or "adamw"
-    lr: float = 2e-3  # peak learning rate
+    lr: float = 2e-3  # peak learning rate (of the head, when fine-tuning)
+    lr_find: bool = False  # pick lr with a learning-rate range test before training (`--lr auto`)
     schedule: str = "onecycle"  # "onecycle", "cosine" (after linear warm-up) or "constant"
     warmup_pct: float = 0.25  # share of steps spent warming up to the peak learning rate
     lr_start: float = 0.04  # onecycle: first learning rate, as a fraction of the peak
@@ -47,6 +51,9 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 / decoupled weight decay
     momentum: float = 0.9  # SGD momentum
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0-1
+    freeze_epochs: int = 0  # fine-tuning: first epochs train only the new head, the pretrained layers frozen
+    backbone_lr_scale: float = 1.0  # fine-tuning: pretrained layers learn at lr x this (discriminative rates)
+    frozen_bn: str = "eval"  # while frozen: "eval" keeps the pretrained batch-norm statistics, "train" re-estimates them
     augment: str = "flip"  # "none", "flip", "crop-flip" (pad + random crop) or "rrc"
     crop_pad: int | None = None  # crop-flip's translation in pixels (None: image_size / 8)
     workers: int = 0  # DataLoader workers per process; measure before raising (2 cores!)
@@ -55,7 +62,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto", "off", "bf16" or "fp16" mixed precision
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and GPU)
     val_fraction: float = 0.1  # held out of train when there is no val/ or test/ folder
-    stats: str = "imagenet"  # normalization statistics: "imagenet" or "dataset"
+    stats: str = "auto"  # normalization statistics: "auto" (the weights' own, else ImageNet's), "imagenet" or "dataset"
     loader: str = "fast"  # "fast" (uint8 + batch normalize) or "classic" (the seed's chain)
     tta: bool = False  # evaluate on the image and its mirror, average the logits
     trace_every: int = 50  # trace the first batch, then sample the model input every N steps (0: off)
@@ -66,6 +73,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A saved configuration; fields it lacks (older runs) take their defaults."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

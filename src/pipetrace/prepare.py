@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,7 +24,13 @@ from .data import (
 )
 from .images import LoadLimits
 from .scan import find_splits
-from .transforms import Preprocess, channel_stats, with_dataset_stats
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    channel_stats,
+    with_dataset_stats,
+)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -44,8 +50,27 @@ class DataSetup:
     info: dict
 
 
-def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
-    """Scan, split, pre-check the files' headers and build both datasets."""
+def run_contract(cfg: TrainConfig, expected: Preprocess | None = None) -> Preprocess:
+    """The run's preprocessing: what the weights expect (else pipetrace's defaults: 224,
+    0.875, bilinear, ImageNet statistics), with the fields the configuration sets.
+
+    ``stats="dataset"`` is applied later, from the training images (:func:`prepare_data`).
+    """
+    pre = expected or Preprocess()
+    pre = replace(pre, size=pre.size if cfg.image_size is None else cfg.image_size,
+                  crop_pct=pre.crop_pct if cfg.crop_pct is None else cfg.crop_pct)
+    if cfg.stats == "imagenet":
+        pre = replace(pre, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return pre
+
+
+def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
+                 expected: Preprocess | None = None) -> DataSetup:
+    """Scan, split, pre-check the files' headers and build both datasets.
+
+    ``preprocess``: the contract to use as it is (a resumed run's); otherwise it is made
+    from ``cfg`` over ``expected``, the contract of the initial weights (:func:`run_contract`).
+    """
     splits = find_splits(cfg.data)
     classes = splits.train.classes
     train_samples = splits.train.samples
@@ -67,7 +92,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
         raise DatasetRefused(
             f"{len(bad)} of {total} files ({len(bad) / total:.0%}) cannot be read, over "
             f"max_bad_fraction={cfg.max_bad_fraction}: {shown}")
-    pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
+    pre = preprocess or run_contract(cfg, expected)
     make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
     if preprocess is None and cfg.stats == "dataset":
         pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))

@@ -15,12 +15,13 @@ import sys
 
 from .. import __version__
 from .examine import add_check, add_trace
+from .lrfind import add_lr_find
 from .run import add_demo, add_train
 from .serve import add_export, add_predict, add_skew
 from .views import add_quiz, add_report
 
-COMMANDS = (add_demo, add_train, add_trace, add_predict, add_check, add_skew, add_export,
-            add_report, add_quiz)
+COMMANDS = (add_demo, add_train, add_lr_find, add_trace, add_predict, add_check, add_skew,
+            add_export, add_report, add_quiz)
 
 
 def build_parser() -> argparse.ArgumentParser:

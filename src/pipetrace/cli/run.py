@@ -6,6 +6,10 @@ import argparse
 import os
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def default_cache_dir() -> str:
@@ -41,47 +45,73 @@ def cmd_demo(args) -> int:
 
 
 def add_train(sub) -> None:
-    from ..config import PRESETS, TrainConfig
-
     t = sub.add_parser("train", help="train on an ImageFolder dataset and trace it")
     t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders)")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with "
                    "--epochs N: train it for N epochs in all, re-planning the LR schedule)")
     t.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="under torchrun: how long a process waits for the others before the "
                    "run fails (default: 300)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+
+def add_config_flags(p) -> None:
+    """``--preset`` and one flag per TrainConfig field (but ``data``), typed by its default;
+    ``--lr`` also takes ``auto`` (a range test picks it)."""
+    from ..config import PRESETS, TrainConfig
+
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
     defaults = TrainConfig()
-    for f in fields(TrainConfig):  # one flag per config field, typed by its default
+    for f in fields(TrainConfig):
         if f.name == "data":
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            t.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "lr":
+            p.add_argument(flag, dest=f.name, type=_rate, default=None,
+                           help=f"(default: {default}; auto: a learning-rate range test picks it)")
         else:
-            kind = type(default) if default is not None else (int if "int" in str(f.type) else str)
-            t.add_argument(flag, dest=f.name, type=kind, default=None,
+            kind = type(default) if default is not None else next(
+                (t for t in (int, float) if t.__name__ in str(f.type)), str)
+            p.add_argument(flag, dest=f.name, type=kind, default=None,
                            help=f"(default: {default})")
-    t.set_defaults(func=cmd_train)
+
+
+def _rate(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+
+
+def config_from_args(args) -> TrainConfig:
+    """The preset, then the flags the user gave (they win); ``--lr auto`` sets lr_find."""
+    from ..config import PRESETS, TrainConfig
+
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if values.get("lr") == "auto":
+        del values["lr"]
+        values["lr_find"] = True
+    return TrainConfig(**values)
 
 
 def cmd_train(args) -> int:
-    from ..config import PRESETS, TrainConfig
     from ..distributed import DistInfo, env_requests_distributed, init_distributed, shutdown
     from ..report import terminal as term
     from ..report.build import write_run_report
     from ..train import fit
 
-    values = {}
-    if args.preset:
-        values.update(PRESETS[args.preset])
-    for f in fields(TrainConfig):  # flags the user gave win over the preset
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    cfg = TrainConfig(**values)
+    cfg = config_from_args(args)
     if args.resume:
         cfg = replace(cfg, out=args.resume)
     dist = DistInfo()
@@ -110,6 +140,9 @@ def print_run(console, result, art) -> None:
     from ..report import terminal as term
 
     console.print(term.stage_table(result.stages, title="Data flow — 5 stages (first batch)"))
+    console.print(term.contract_line(result.preprocess, result.weights), markup=False)
+    if result.weights is not None:
+        console.print(term.weights_line(result.weights), markup=False)
     term.print_training(console, result)
     if art.layer_trace is not None:
         pred = art.document["prediction"]

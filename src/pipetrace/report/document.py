@@ -6,6 +6,9 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``prediction``, ``quiz``, ``insight``; pictures inline as ``data:image/png`` URIs.
 * 2 - ``run.distributed`` adds ``per_rank_batch``, ``global_batch`` and ``ranks`` (each
   process's images, images/s and loader images/s in the last epoch).
+* 3 - ``run.weights`` (where the initial weights came from, the tensors loaded, new and
+  skipped, the weights' own preprocessing), ``run.lr_find`` (the learning-rate range test of
+  ``--lr auto``), ``training.epochs[].frozen`` (a head-only epoch of fine-tuning).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from ..files import safe_text, write_text_atomic
 
 FORMAT = "pipetrace-trace"
-VERSION = 2
+VERSION = 3
 
 
 def data_uri(png: bytes | None) -> str | None:
