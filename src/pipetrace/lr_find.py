@@ -8,13 +8,14 @@ when fine-tuning), optimizer and its parameter groups (a group at 64 x the rate 
 with other settings would not be the run's rate.
 
 ``suggest_lr(lrs, losses)`` is a pure function of the curve. It reports three landmarks of
-the smoothed loss — where it falls fastest, where it is lowest, where it diverges — and
-chooses **a tenth of the rate at the lowest loss**. Why that one: at the lowest point the
-loss has already stopped improving (that rate is too high to train at), and it is the most
-stable landmark of a noisy curve; the steepest point depends on a derivative of noise
-(the usual complaint about fastai's and Lightning's suggestions). An order of magnitude
-below the minimum the loss is still falling fast, which is what a one-cycle or cosine
-schedule's peak needs.
+the smoothed loss — where it falls fastest, where it is lowest, where it diverges (past
+its lowest, 4 x the lowest or back above its start) — and chooses **a tenth of the
+divergence point**. Why that one: the divergence is the sharpest landmark (the loss shoots
+up within a few steps), while the bottom of a flat valley wanders with the noise and the
+steepest point is a derivative of noise, which is the usual complaint about fastai's and
+Lightning's suggestions (on planted curves, tests/test_lr_find.py: divergence within 0.05
+decades of the truth, minimum and steepest point up to 0.5). Without a divergence in the
+range, the lowest loss stands in for it, and the reason says so.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RangeTest:
     end_lr: float = 10.0  # the last one, if the loss has not diverged before
     steps: int = 100  # optimizer steps, at rates spaced evenly on a log scale
     window: int = 9  # steps in the running median that smooths the loss
-    diverge: float = 4.0  # stop once the smoothed loss exceeds this x its lowest value
+    diverge: float = 4.0  # diverged: the smoothed loss this x its lowest (or back above its start); the ramp stops there
 
 
 def smooth(losses, window: int) -> np.ndarray:
@@ -75,14 +76,20 @@ def smooth(losses, window: int) -> np.ndarray:
     return np.array([med[max(0, i - h): i + h + 1].mean() for i in range(len(x))])
 
 
+def diverged(loss: float, lowest: float, start: float, factor: float) -> bool:
+    """Past its lowest point, the (smoothed) loss is ``factor`` x the lowest, or back above
+    where it started: worse than not training at all."""
+    return loss > factor * lowest or loss > start
+
+
 def _e(x: float) -> str:
     return f"{x:.1e}"
 
 
 def suggest_lr(lrs, losses, *, window: int = RangeTest.window,
                diverge: float = RangeTest.diverge) -> LRSuggestion:
-    """The suggestion read from a range test's curve: a tenth of the rate at its lowest
-    smoothed loss, with the landmarks and the reasons in ``reason``.
+    """The suggestion read from a range test's curve: a tenth of the rate where the smoothed
+    loss diverges (else of the rate at its lowest), with the landmarks and the reasons.
 
     ``lrs`` rise; ``losses`` are the raw losses of the same steps (non-finite ones end
     the curve).
@@ -97,8 +104,9 @@ def suggest_lr(lrs, losses, *, window: int = RangeTest.window,
                          "the inputs, or lower start_lr")
     lrs, sm = lrs[:n], smooth(raw[:n], window)
     low = int(np.argmin(sm))
-    above = np.nonzero(sm[low:] > diverge * sm[low])[0]
-    divergence = float(lrs[low + above[0]]) if len(above) else None
+    above = np.nonzero([diverged(v, sm[low], sm[0], diverge) for v in sm[low:]])[0]
+    at = low + int(above[0]) if len(above) else None  # the first diverged step
+    divergence = float(lrs[at]) if at is not None else None
     slope = np.gradient(sm, np.log(lrs))  # change of the loss per e-fold of the rate
     skip = min(len(sm) // 10, max(low - 1, 0))  # the average's first steps are mostly noise
     falls = slope[skip:low + 1]
@@ -111,21 +119,36 @@ def suggest_lr(lrs, losses, *, window: int = RangeTest.window,
                             f"from this curve; chose {_e(lrs[0])}, the lowest rate tried. Check "
                             "the data and the model, or widen the range.",
                             minimum, steepest, divergence, tuple(sm))
-    lr = minimum / 10
+    lr = (divergence if divergence is not None else minimum) / 10
     landmarks = [f"steepest descent at {_e(steepest)}"] if steepest else []
     landmarks.append(f"loss lowest at {_e(minimum)} ({sm[low]:.3g}, from {sm[0]:.3g} at the "
                      "start)")
-    landmarks.append(f"it diverges above {_e(divergence)} ({diverge:g} x its lowest)" if divergence
-                     else f"it has not diverged by {_e(lrs[-1])}, the end of the range")
+    if at is not None:
+        limit = (f"{diverge:g} x its lowest" if sm[at] > diverge * sm[low] else
+                 f"back above its start, {sm[0]:.3g}")
+        landmarks.append(f"it diverges ({limit}) from {_e(divergence)}")
+        rule = "a tenth of the divergence point"
+        why = ("the divergence is the sharpest landmark of the curve (the loss shoots up within "
+               "a few steps, where the bottom of a flat valley wanders with the noise), and a "
+               "decade below it training is stable")
+    else:
+        ending = (f"rises to {sm[-1]:.3g} by" if sm[-1] > 1.1 * sm[low] else
+                  "is still near its lowest at")
+        landmarks.append(f"it {ending} {_e(lrs[-1])}, the end of the range, without diverging")
+        rule = "a tenth of the rate at the lowest loss (no divergence in the range)"
+        why = ("with no divergence to go by, the lowest loss stands in for it: there the loss "
+               "stops improving, too high to train at")
     said = "; ".join(landmarks)
-    reason = (f"{said[0].upper()}{said[1:]}. Chose {_e(lr)}, a tenth of the rate at the lowest "
-              "loss: the minimum is where the loss stops improving, too high to train at, and "
-              "an order of magnitude below it the loss still falls fast.")
-    if not divergence:
-        reason += (" The loss was still low at the end of the range: a higher end_lr would "
-                   "show where it turns.")
-    return LRSuggestion(lr, "a tenth of the rate at the lowest loss", reason, minimum,
-                        steepest, divergence, tuple(sm))
+    here = int(np.argmin(np.abs(np.log(lrs) - math.log(lr))))  # the step nearest the choice
+    per_decade = -slope[here] * math.log(10)
+    there = (f"at {_e(lr)} the loss is {sm[here]:.3g} and falls {per_decade:.2g} per tenfold rate"
+             if per_decade > 0 and lr >= lrs[0] else
+             f"at {_e(lr)} the loss is {sm[here]:.3g} and not falling" if lr >= lrs[0] else
+             f"{_e(lr)} is below the range tested")
+    reason = f"{said[0].upper()}{said[1:]}. Chose {_e(lr)}, {rule}: {why}; {there}."
+    if at is None and sm[-1] <= 1.1 * sm[low]:
+        reason += " A higher end_lr would show where the loss turns."
+    return LRSuggestion(lr, rule, reason, minimum, steepest, divergence, tuple(sm))
 
 
 def find_lr(cfg: TrainConfig, test: RangeTest = RangeTest()) -> LRFinderResult:

@@ -289,7 +289,7 @@ def fit(cfg: TrainConfig, *, observers: Sequence[Observer] = (), resume: bool = 
     if cfg.lr_find and not state:
         from .lr_find import find_lr_for_run  # it builds on this module's loop and step
 
-        lr_found = find_lr_for_run(cfg, model, freeze, train_loader, device, amp, pre, dist)
+        lr_found = find_lr_for_run(cfg, model, weights, train_loader, device, amp, pre, dist)
         cfg = replace(cfg, lr=lr_found.lr)
     pretrained = weights.pretrained if weights else frozenset()
     opt, sched = build_optimizer(cfg, model, steps_per_epoch * cfg.epochs,  # DDP shares them
