@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-lr-find fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-tta bench-lr-find
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -42,6 +42,9 @@ bench-memory: $(STAMP)
 
 bench-tta: $(STAMP)
 	$(BIN)/python bench/time_to_accuracy.py $(DATA)
+
+bench-lr-find: $(STAMP)
+	$(BIN)/python bench/lr_find_cifar.py $(DATA)
 
 # Coverage-guided fuzzing of stage 1 (atheris); `make test` runs the short hypothesis version.
 FUZZ_SECONDS ?= 300

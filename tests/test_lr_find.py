@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipetrace.lr_find import RangeTest, find_lr, smooth, suggest_lr
+from pipetrace.report.build import run_block
 from pipetrace.shapes import ShapesConfig, render
 from pipetrace.train import TrainConfig, fit
 
@@ -128,6 +129,11 @@ def test_lr_auto_trains_as_a_run_given_that_rate(shapes, tmp_path):
     assert strip(auto.records) == strip(given.records)  # the test left the run untouched
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert saved["lr"] == chosen and saved["lr_find"] is True
+    from test_weights import documented_keys
+
+    block = run_block(auto)["lr_find"]  # as trace.json holds it, and as documented
+    assert set(block) == documented_keys("run.lr_find") and block["suggested"]["lr"] == chosen
+    assert run_block(given)["lr_find"] is None
 
 
 def test_lr_find_command_writes_plot_and_record(shapes, tmp_path):

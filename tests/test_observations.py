@@ -225,6 +225,11 @@ REAL = {  # fixture -> (classes, the kind of each epoch as a person reads the cu
     "photos-resnet18-random.csv": (2, [
         "starting to learn", "setback", "validation spike", "validation spike", "improving",
         "unstable", "improving", "slowing", "improving", "overfitting"]),
+    "demo.csv": (4, ["starting to learn"] + ["improving"] * 4),
+    "cifar-3-epochs.csv": (10, ["starting to learn", "improving", "slowing"]),
+    "shapes-val-labels-rotated.csv": (4, [
+        "starting to learn", "improving", "overfitting", "validation at chance",
+        "validation at chance"]),
 }
 
 
@@ -236,6 +241,13 @@ def test_real_curves_read_as_a_person_reads_them(name):
     assert [o.kind for o in seen] == kinds, [(o.kind, o.text) for o in seen]
     for i, obs in enumerate(seen, start=1):
         assert_true_to(points[:i], obs)
+
+
+def test_the_rotated_labels_are_named_as_a_split_mismatch():
+    seen = observe_all(read_curve("shapes-val-labels-rotated.csv"), 4)
+    assert seen[-1].text.startswith("Training accuracy 0.86 but validation accuracy 0.04, "
+                                    "below chance (0.25)")
+    assert "class folders that map to different labels" in seen[-1].text
 
 
 def test_the_issue_run_names_its_spike_and_its_setback():

@@ -7,8 +7,11 @@ from "initialised here"), or raises the URLError an offline machine gets.
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.error
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,8 +165,22 @@ def test_the_data_flow_table_shows_the_contract_of_the_weights(tmp_path, folder)
             "torchvision MobileNet_V3_Large_Weights.IMAGENET1K_V2") in out
     assert (f"({cached}): loaded 310 of 312 tensors; new (initialised here): "
             "classifier.3.weight, classifier.3.bias") in out
-    doc = (tmp_path / "run" / "trace.json").read_text()
-    assert '"crop_pct": 0.9655' in doc and '"source": "torchvision MobileNet_V3_Large' in doc
+    doc = json.loads((tmp_path / "run" / "trace.json").read_text())
+    assert doc["run"]["preprocess"]["crop_pct"] == pytest.approx(224 / 232)
+    assert set(doc["run"]["weights"]) == documented_keys("run.weights")
+    assert doc["run"]["weights"]["preprocess"] == doc["run"]["preprocess"]
+    assert doc["run"]["config"]["image_size"] is None  # the weights decided
+
+
+def documented_keys(path: str) -> set[str]:
+    """The keys of the '#### `path`' table of docs/trace-format.md (objects the demo lacks)."""
+    keys, inside = set(), False
+    for line in (Path(__file__).parents[1] / "docs" / "trace-format.md").read_text().splitlines():
+        if line.startswith("#"):
+            inside = line.startswith(f"#### `{path}`")
+        elif inside and (m := re.match(r"\| `([^`]+)` \|", line)):
+            keys.add(m.group(1))
+    return keys
 
 
 @pytest.mark.parametrize("name, weights", [
@@ -199,9 +216,11 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
-def test_offline_download_says_which_file_and_where_to_put_it(offline, folder, tmp_path, capsys):
-    err = one_line_error(capsys, ["train", str(folder), "--model", "resnet18", "--weights",
-                                  "DEFAULT", "--out", str(tmp_path / "run")])
+@pytest.mark.parametrize("flags", [["--model", "resnet18", "--weights", "DEFAULT"],
+                                   ["--preset", "photos"]], ids=["DEFAULT", "photos-preset"])
+def test_offline_download_says_which_file_and_where_to_put_it(offline, folder, tmp_path, capsys,
+                                                              flags):
+    err = one_line_error(capsys, ["train", str(folder), *flags, "--out", str(tmp_path / "run")])
     cache = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert "cannot download ResNet18_Weights.IMAGENET1K_V1" in err
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in err
@@ -233,6 +252,14 @@ def test_bad_weights_names_are_refused_with_the_choices(folder, tmp_path, capsys
     err = one_line_error(capsys, ["train", str(folder), "--model", "resnet18", "--weights", spec,
                                   "--out", str(tmp_path / "run")])
     assert message in err
+
+
+def test_a_timm_model_without_timm_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"timm models need timm: pip install 'pipetrace\[timm\]'"):
+        build_model(ModelConfig("timm/resnet18.a1_in1k", 2))
 
 
 def test_a_builtin_model_has_no_weights_by_name():

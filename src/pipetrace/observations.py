@@ -16,7 +16,8 @@ The rules, in the order they are tried (the first that fits names the epoch):
 * ``validation spike``: the validation loss at least doubled in one epoch while the
   training loss did not rise by more than 10%;
 * ``validation at chance``: training accuracy is high while validation accuracy stays near
-  (or below) chance, the classic sign of a mismatch between the splits;
+  chance, or validation is clearly below chance while training learns: the classic sign of
+  a mismatch between the splits;
 * ``overfitting``: the validation loss rose in each of the last ``patience`` epochs while
   the training loss fell over them;
 * ``unstable``: the training loss rose more than 10% in one epoch;
@@ -245,15 +246,18 @@ def _validation_at_chance(c: _Curve) -> Observation | None:
     if now.val_acc is None or c.chance >= 1:
         return None
     margin = 0.15 * (1 - c.chance)
-    if c.learned(now.train_acc) < 0.6 or now.val_acc > c.chance + margin:
+    below = now.val_acc < c.chance - margin
+    # validation near chance while training has learned, or clearly below chance (wrong in
+    # a systematic way) while training is well on its way
+    if not ((c.learned(now.train_acc) >= 0.6 and now.val_acc <= c.chance + margin)
+            or (below and c.learned(now.train_acc) >= 0.3)):
         return None
-    where = "below" if now.val_acc < c.chance - margin else "close to"
     return _obs("validation at chance",
                 f"Training accuracy {now.train_acc:.2f} but validation accuracy "
-                f"{now.val_acc:.2f}, {where} chance ({c.chance:.2f}): what the model learns "
-                "does not carry over to the validation images. The classic cause is a mismatch "
-                "between the splits: different preprocessing, or class folders that map to "
-                "different labels.")
+                f"{now.val_acc:.2f}, {'below' if below else 'close to'} chance ({c.chance:.2f}): "
+                "what the model learns does not carry over to the validation images. The "
+                "classic cause is a mismatch between the splits: different preprocessing, or "
+                "class folders that map to different labels.")
 
 
 def _overfitting(c: _Curve, patience: int) -> Observation | None:
