@@ -105,9 +105,9 @@ def shapes(tmp_path_factory):
 
 
 def tiny(data, out, **kw) -> TrainConfig:
-    base = dict(data=str(data), out=str(out), model="pipenet-tiny", epochs=2, batch_size=16,
-                image_size=64, crop_pct=1.0, amp="off", trace_every=0)
-    return TrainConfig(**{**base, **kw})
+    from test_train import config
+
+    return config(data, out, **{"amp": "off", "trace_every": 0, **kw})
 
 
 def test_lr_find_holds_the_runs_settings_fixed(shapes, tmp_path):

@@ -54,7 +54,7 @@ class RangeTest:
     """How the range test ramps the learning rate and when it stops."""
 
     start_lr: float = 1e-6  # the first step's learning rate
-    end_lr: float = 10.0  # the last one, if the loss has not diverged before
+    end_lr: float = 100.0  # the last one, if the loss has not diverged before (it stops there)
     steps: int = 100  # optimizer steps, at rates spaced evenly on a log scale
     window: int = 9  # steps in the running median that smooths the loss
     diverge: float = 4.0  # diverged: the smoothed loss this x its lowest (or back above its start); the ramp stops there
@@ -77,9 +77,13 @@ def smooth(losses, window: int) -> np.ndarray:
 
 
 def diverged(loss: float, lowest: float, start: float, factor: float) -> bool:
-    """Past its lowest point, the (smoothed) loss is ``factor`` x the lowest, or back above
-    where it started: worse than not training at all."""
-    return loss > factor * lowest or loss > start
+    """Past its lowest point, the (smoothed) loss is ``factor`` x the lowest, or, after
+    falling by 5% at least, back above where it started: worse than not training at all.
+
+    The second test is the one a classifier's loss meets: once training falls apart its
+    cross-entropy settles near chance (ln K), seldom at 4 x its lowest.
+    """
+    return loss > factor * lowest or (lowest < 0.95 * start and loss > start)
 
 
 def _e(x: float) -> str:
@@ -203,7 +207,9 @@ def range_test(cfg: TrainConfig, model: nn.Module, weights: WeightsReport | None
         lrs.append(float(lr))
         losses.append(float(loss.detach()))
         now = float(np.median(losses[-test.window:]))  # the trailing median, live
-        if not math.isfinite(losses[-1]) or now > test.diverge * lowest:
+        start = float(np.median(losses[:test.window]))
+        if not math.isfinite(losses[-1]) or (len(losses) >= test.window and diverged(
+                now, lowest, start, test.diverge)):
             stopped = f"the loss diverged at {_e(lr)}"
             break
         lowest = min(lowest, now)

@@ -22,7 +22,7 @@ def add_lr_find(sub) -> None:
                    help=f"last rate, unless the loss diverges first (default: {d.end_lr:g})")
     p.add_argument("--steps", type=int, default=d.steps,
                    help=f"optimizer steps of the ramp (default: {d.steps})")
-    add_config_flags(p)  # the run's settings: the rate found is for them
+    add_config_flags(p, skip=("lr_find",))  # the run's settings: the rate found is for them
     p.set_defaults(func=cmd_lr_find)
 
 

@@ -57,15 +57,15 @@ def add_train(sub) -> None:
     t.set_defaults(func=cmd_train)
 
 
-def add_config_flags(p) -> None:
-    """``--preset`` and one flag per TrainConfig field (but ``data``), typed by its default;
-    ``--lr`` also takes ``auto`` (a range test picks it)."""
+def add_config_flags(p, skip: tuple[str, ...] = ()) -> None:
+    """``--preset`` and one flag per TrainConfig field (but ``data`` and ``skip``), typed by
+    its default; ``--lr`` also takes ``auto`` (a range test picks it)."""
     from ..config import PRESETS, TrainConfig
 
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe, e.g. cifar")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        if f.name == "data":
+        if f.name == "data" or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)

@@ -87,7 +87,7 @@ def epoch_table(records: Sequence[EpochRecord]) -> Table:
         t.add_column(col, justify="right")
     t.add_column("observation", overflow="fold", ratio=1)
     for r in records:
-        t.add_row(*epoch_cells(r), ("[head only] " if r.frozen else "") + clean(r.observation))
+        t.add_row(*epoch_cells(r), ("head only · " if r.frozen else "") + clean(r.observation))
     return t
 
 
@@ -332,7 +332,8 @@ class TerminalObserver(Observer):
         cells = epoch_cells(record)
         self.console.print(
             f"epoch {cells[0]:>3}  loss {cells[1]}  acc {cells[2]}  val loss {cells[3]}  "
-            f"val acc {cells[4]}  {cells[6]} s  {cells[7]} img/s  {record.observation}",
+            f"val acc {cells[4]}  {cells[6]} s  {cells[7]} img/s  "
+            f"{'head only · ' if record.frozen else ''}{record.observation}",
             markup=False)
 
     def on_train_end(self, result: TrainResult) -> None:
