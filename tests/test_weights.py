@@ -328,3 +328,23 @@ def test_timm_offline_is_one_line(monkeypatch):
         fetch_weights("timm/resnet18.a1_in1k", "DEFAULT")
     assert "\n" not in str(info.value) and "--weights FILE" in str(info.value)
     assert "cannot download the timm weights of 'resnet18.a1_in1k'" in str(info.value)
+
+
+def test_frozen_bn_train_lets_the_statistics_move_but_not_the_weights(folder, tmp_path):
+    small = dict(model="pipenet-tiny", weights=None, image_size=64, crop_pct=1.0, epochs=1)
+    fit(finetune_config(folder, tmp_path / "first", **small, freeze_epochs=0))
+    start = ckpt_io.load_checkpoint(tmp_path / "first" / "last.pt")["model_state"]
+    for mode in ("eval", "train"):
+        snaps = Snapshots()
+        fit(finetune_config(folder, tmp_path / mode, **{
+            **small, "image_size": None, "crop_pct": None, "frozen_bn": mode,
+            "weights": str(tmp_path / "first" / "last.pt")}), observers=(snaps,))
+        after = snaps.at[1]
+        changed = {k for k in start if not k.startswith("fc.") and not torch.equal(after[k],
+                                                                                     start[k])}
+        if mode == "eval":
+            assert changed == set()
+        else:  # running mean, variance and the step counters; no weight
+            assert changed and all(k.split(".")[-1] in ("running_mean", "running_var",
+                                                         "num_batches_tracked") for k in changed)
+        assert not torch.equal(after["fc.weight"], start["fc.weight"])

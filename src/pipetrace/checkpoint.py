@@ -26,7 +26,8 @@ from .files import sha256_file, write_atomic, write_text_atomic
 from .images import display_path, sniff_format
 
 FORMAT = "pipetrace-checkpoint"
-VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract)
+VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract); later optional
+#              keys, absent from older files: "weights" (WeightsReport), "lr_find" (the range test)
 REQUIRED_KEYS = ("format", "version", "model_state", "classes", "preprocess", "model_config")
 
 
@@ -123,7 +124,11 @@ def check_finite(state: dict, path) -> None:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read and validate a pipetrace checkpoint (structure, classes, finite weights)."""
-    ckpt = read_checkpoint_file(path)
+    return validate_checkpoint(read_checkpoint_file(path), path)
+
+
+def validate_checkpoint(ckpt: object, path) -> dict:
+    """``ckpt`` (what ``path`` holds) as a pipetrace checkpoint, or one CheckpointError."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(path, "not a pipetrace checkpoint (no 'format' marker); for bare "
                               "weights use train --weights")

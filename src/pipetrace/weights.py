@@ -162,7 +162,7 @@ def _file_weights(model: str, spec: str) -> Pretrained:
     path = Path(spec)
     data = ckpt_io.read_checkpoint_file(path)
     if isinstance(data, dict) and data.get("format") == ckpt_io.FORMAT:
-        ckpt = ckpt_io.load_checkpoint(path)
+        ckpt = ckpt_io.validate_checkpoint(data, path)
         return Pretrained(_tensors(ckpt["model_state"], path), "pipetrace checkpoint", str(path),
                           Preprocess.from_dict(ckpt["preprocess"]))
     if isinstance(data, dict):
