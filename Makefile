@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli bench-lr-find fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors bench-cli
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors bench-cli bench-lr-find
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -51,6 +51,9 @@ bench-tta: $(STAMP)
 
 bench-errors: $(STAMP)
 	$(BIN)/python bench/label_errors.py $(DATA)
+
+bench-lr-find: $(STAMP)
+	$(BIN)/python bench/lr_find_cifar.py $(DATA)
 
 # Coverage-guided fuzzing of stage 1 (atheris); `make test` runs the short hypothesis version.
 FUZZ_SECONDS ?= 300

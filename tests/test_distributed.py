@@ -181,6 +181,26 @@ def test_resumed_two_process_run_continues_from_its_checkpoint(ddp_run, shapes, 
     assert resumed.stdout.count("epoch   2  loss") == 1 and "epoch   1  loss" not in resumed.stdout
 
 
+def test_two_processes_fine_tune_with_a_frozen_then_unfrozen_backbone(ddp_run, shapes, tmp_path):
+    """DDP registers the parameters that need gradients when it wraps the model: the frozen
+    epoch and the unfrozen one each get their own wrapper. Starting from the 2-process run's
+    checkpoint, epoch 1 trains the head only, epoch 2 every layer, on both ranks alike."""
+    import torch
+
+    start = ddp_run[0] / "last.pt"
+    run = tmp_path / "ft"
+    ok(torchrun("train", str(shapes), "--out", str(run), "--batch-size", "32", *FLAGS,
+                "--weights", str(start), "--freeze-epochs", "1", "--backbone-lr-scale", "0.1",
+                cwd=tmp_path))
+    frozen = [json.loads(ln)["frozen"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert frozen == [True, False]
+    before = torch.load(start, weights_only=True)["model_state"]
+    after = torch.load(run / "last.pt", weights_only=True)
+    assert after["weights"]["source"] == "pipetrace checkpoint"
+    moved = {k for k, v in after["model_state"].items() if not torch.equal(v, before[k])}
+    assert "features.block1.conv.weight" in moved and "fc.weight" in moved
+
+
 @pytest.mark.parametrize("fault, says", [
     ("no-data", "rank 1 of 2: dataset folder"),  # a rank that raises: its error, then the end
     ("hang", "rank 0 of 2: lost contact with the other processes"),  # one that never answers

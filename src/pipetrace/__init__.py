@@ -32,8 +32,12 @@ _EXPORTS = {
     "check_train_eval_skew": "checks", "Finding": "checks",
     # stage 5 and the training trace
     "TrainConfig": "config", "fit": "train", "EpochRecord": "records", "Observer": "records",
-    "TrainResult": "records",
+    "TrainResult": "records", "observe": "observations", "Observation": "observations",
     "ModelConfig": "model", "build_model": "model",
+    # initial weights and the learning-rate range test
+    "fetch_weights": "weights", "load_weights": "weights", "WeightsReport": "records",
+    "find_lr": "lr_find", "suggest_lr": "lr_find", "RangeTest": "lr_find",
+    "LRFinderResult": "records",
     # the prediction trace
     "load_model": "predict", "trace_prediction": "predict", "predict_files": "predict",
     "record_prediction": "predict", "PredictionRecord": "predict",

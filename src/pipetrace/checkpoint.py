@@ -28,7 +28,8 @@ from .images import display_path, sniff_format
 from .transforms import Preprocess
 
 FORMAT = "pipetrace-checkpoint"
-VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract)
+VERSION = 1  # 1: first format (model, optimizer, scheduler, rng, history, contract); later optional
+#              keys, absent from older files: "weights" (WeightsReport), "lr_find" (the range test)
 REQUIRED_KEYS = ("format", "version", "model_state", "classes", "preprocess", "model_config")
 
 
@@ -127,7 +128,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a pipetrace checkpoint and validate it against :data:`SCHEMA` (types and ranges
     of every field, classes against the model's outputs, finite weights) before anything
     is built or allocated from it."""
-    ckpt = read_checkpoint_file(path)
+    return checkpoint_from(read_checkpoint_file(path), path)
+
+
+def checkpoint_from(ckpt: object, path) -> dict:
+    """``ckpt`` (what ``path`` holds) as a validated pipetrace checkpoint, or one
+    CheckpointError (a ``--weights`` file is checked the same way)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(path, "not a pipetrace checkpoint (no 'format' marker); for bare "
                               "weights use train --weights")
@@ -261,11 +267,13 @@ def check_state_fits(expected: dict, state: dict, path) -> None:
     raise CheckpointError(path, "weights do not fit this model: " + "; ".join(parts))
 
 
-def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True) -> list[str]:
+def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True
+                    ) -> tuple[list[str], list[str]]:
     """Load weights, turning shape or key mismatches into one CheckpointError line.
 
-    With ``strict=False`` (``train --weights``), tensors whose shape differs (a classifier
-    for another class count) are skipped; the names of the skipped tensors are returned.
+    With ``strict=False`` (initial weights for fine-tuning), tensors whose name or shape
+    does not fit (a classifier for another class count) are left out. Returns the names
+    loaded and the names of ``state`` that were left out.
     """
     own = model.state_dict()
     skipped = []
@@ -276,12 +284,12 @@ def load_state_into(model: nn.Module, state: dict, path, *, strict: bool = True)
                 skipped.append(k)
                 del state[k]
     try:
-        result = model.load_state_dict(state, strict=strict)
+        model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
         raise CheckpointError(path, f"weights do not fit this model: {detail[:200]}") from None
-    return skipped + list(getattr(result, "missing_keys", []))
+    return [k for k in own if k in state], skipped
 
 
 def is_finite_number(x: float) -> bool:

@@ -259,11 +259,43 @@ def check_class_order(classes: Sequence[str]) -> list[Finding]:
 
 # -- a whole run -----------------------------------------------------------------------------------
 
+def check_pretrained_contract(expected: Preprocess, used: Preprocess,
+                              source: str) -> list[Finding]:
+    """Pretrained weights were trained with ``expected``; a run that overrides it (``--image-size``,
+    ``--crop-pct``, ``--stats``) is allowed, and told what the weights expect."""
+    def geometry(p: Preprocess) -> str:
+        return f"resize {p.resize_size} ({p.interpolation}), crop {p.size}"
+
+    def stats(p: Preprocess) -> str:
+        return f"mean {_r(p.mean)}, std {_r(p.std)}"
+
+    differ = []
+    if (expected.size, expected.resize_size, expected.interpolation) != (
+            used.size, used.resize_size, used.interpolation):
+        differ.append(f"{geometry(expected)} where this run uses {geometry(used)}")
+    normalization = not (np.allclose(expected.mean, used.mean, atol=1e-4)
+                         and np.allclose(expected.std, used.std, atol=1e-4))
+    if normalization:
+        differ.append(f"{stats(expected)} where this run uses {stats(used)}")
+    if not differ:
+        return []
+    return [Finding(
+        "pretrained-contract", "warning" if normalization else "info", "3 transform",
+        "Preprocessing differs from what the pretrained weights expect",
+        f"{source} was trained with " + "; and ".join(differ),
+        "leave out --image-size, --crop-pct and --stats to use the weights' own preprocessing; "
+        "keep them only on purpose (fine-tuning adapts, but starts from features made for "
+        "the weights' inputs)")]
+
+
 def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
     """Findings for a training run: those ``train`` found in the dataset before its first
     epoch (``result.findings``), then those from its recorded stages and batch statistics."""
     findings = list(result.findings)
     pre = result.preprocess
+    weights = getattr(result, "weights", None)
+    if weights is not None and weights.preprocess is not None:
+        findings += check_pretrained_contract(weights.preprocess, pre, weights.source)
     if result.flow is not None:
         findings += check_flow(result.flow, pre)
     for probe in result.probes[1:]:  # the first probe is the batch stage 4 already checked
@@ -286,7 +318,11 @@ def run_checks(result, *, exif_sample: int = 200) -> list[Finding]:
             "bad-files", "warning", "1 load", f"{len(result.bad_files)} file(s) could not be "
             "read and were skipped", result.bad_files[0][1],
             "run `pipetrace check DATA_DIR` for the full list, then fix or remove them"))
-    return findings
+    unique: list[Finding] = []  # a result already checked (fit does) keeps each finding once
+    for f in findings:
+        if f not in unique:
+            unique.append(f)
+    return unique
 
 
 def _exif_files(result, limit: int) -> list[str]:

@@ -30,9 +30,12 @@ PRESETS: dict[str, dict] = {
                   optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
                   schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
                   label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True),
-    # Real photos at 224 with a torchvision model (ImageNet-style eval resize + crop).
-    "photos": dict(model="resnet18", epochs=10, batch_size=32, image_size=224, crop_pct=0.875,
-                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc"),
+    # Real photos: fine-tune ImageNet weights (fastai's fine_tune): one epoch trains the new
+    # head on the frozen network, then all layers, the pretrained ones at a tenth of the rate.
+    # Size, crop, interpolation, mean and std come from the weights (224, 256, bilinear).
+    "photos": dict(model="resnet18", weights="DEFAULT", epochs=10, batch_size=32,
+                   optimizer="adamw", lr=1e-3, schedule="cosine", augment="rrc",
+                   freeze_epochs=1, backbone_lr_scale=0.1),
 }
 
 MAX_IMAGE_SIZE = 4096  # pixels: a square input side above this is a typo, not a model input
@@ -146,19 +149,26 @@ class TrainConfig:
     out: str = setting("runs/train", "run folder for checkpoints, metrics, plots and the "
                        "report")
     model: str = setting("pipenet-s", "built-in CNN (pipenet-tiny, pipenet-s, pipenet-m, "
-                         "cifarnet, cifarnet-s) or a torchvision architecture name")
-    weights: str | None = setting(None, "initial weights (state dict or pipetrace checkpoint)",
-                                  optional=True)
+                         "cifarnet, cifarnet-s), a torchvision architecture name, or "
+                         "timm/<name> (the timm extra)")
+    weights: str | None = setting(None, "initial weights: a name (DEFAULT, IMAGENET1K_V1, ...: "
+                                  "pretrained, from torchvision or timm) or a file (state dict "
+                                  "or pipetrace checkpoint)", optional=True)
     epochs: int = setting(5, "passes over the training set", low=1)
     batch_size: int = setting(32, "images per step and process (global batch = this x world "
                               "size)", low=1)
-    image_size: int = setting(224, "side of the square model input, pixels", low=1,
-                              high=MAX_IMAGE_SIZE)
-    crop_pct: float = setting(0.875, "eval: resize short side to image_size / crop_pct, "
-                              "centre-crop", low=0, high=1, low_open=True)
+    image_size: int | None = setting(None, "side of the square model input, pixels (none: the "
+                                     "weights' own, else 224)", low=1, high=MAX_IMAGE_SIZE,
+                                     optional=True)
+    crop_pct: float | None = setting(None, "eval: resize short side to image_size / crop_pct, "
+                                     "centre-crop (none: the weights' own, else 0.875)", low=0,
+                                     high=1, low_open=True, optional=True)
     optimizer: str = setting("adamw", "sgd: with Nesterov momentum; adamw: decoupled weight decay",
                              choices=("sgd", "adamw"))
-    lr: float = setting(2e-3, "peak learning rate", low=0, low_open=True)
+    lr: float = setting(2e-3, "peak learning rate (of the head, when fine-tuning; auto: a "
+                        "learning-rate range test picks it)", low=0, low_open=True)
+    lr_find: bool = setting(False, "pick lr with a learning-rate range test before training "
+                            "(what --lr auto sets)")
     schedule: str = setting("onecycle", "learning-rate schedule per step (cosine: after a "
                             "linear warm-up)",
                             choices=("onecycle", "cosine", "constant"))
@@ -172,6 +182,12 @@ class TrainConfig:
     momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True)
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", low=0, high=1,
                                      high_open=True)
+    freeze_epochs: int = setting(0, "fine-tuning: the first epochs train only the new head, the "
+                                 "pretrained layers frozen", low=0)
+    backbone_lr_scale: float = setting(1.0, "fine-tuning: the pretrained layers learn at lr x "
+                                       "this (discriminative rates)", low=0)
+    frozen_bn: str = setting("eval", "while frozen: eval keeps the pretrained batch norm "
+                             "statistics, train re-estimates them", choices=("eval", "train"))
     augment: str = setting("flip", "training augmentation (crop-flip: pad, random crop and "
                            "flip; rrc: random resized crop and flip)", choices=AUGMENT_CHOICES)
     crop_pad: int | None = setting(None, "crop-flip's translation in pixels (none: "
@@ -188,8 +204,9 @@ class TrainConfig:
                                   "GPU)")
     val_fraction: float = setting(0.1, "share of each class held out of train when there is "
                                   "no val/ or test/ folder", low=0, high=1, high_open=True)
-    stats: str = setting("imagenet", "normalization statistics (dataset: the training images' "
-                         "own mean and std)", choices=("imagenet", "dataset"))
+    stats: str = setting("auto", "normalization statistics (auto: the weights' own, else "
+                         "ImageNet's; dataset: the training images' own mean and std)",
+                         choices=("auto", "imagenet", "dataset"))
     loader: str = setting("fast", "the loader (fast: uint8 and a batch-level normalize; "
                           "classic: the seed's per-image PIL chain)", choices=LOADER_CHOICES)
     tta: bool = setting(False, "evaluate on the image and its mirror, average the logits")
@@ -208,6 +225,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A saved configuration; fields it lacks (older runs) take their defaults."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

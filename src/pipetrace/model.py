@@ -3,7 +3,9 @@
 The built-in ``pipenet`` is the seed's model made trainable on a CPU: blocks of
 convolution -> batch norm -> ReLU -> max pooling, then global pooling and a fully connected
 layer (softmax is applied by the prediction trace, the loss takes logits). ``cifarnet`` is
-an airbench-style net for 32 x 32 inputs (Keller Jordan's cifar10-airbench recipe).
+an airbench-style net for 32 x 32 inputs (Keller Jordan's cifar10-airbench recipe). Any
+torchvision classification model is built by name, and with timm installed (the optional
+``timm`` extra) any timm model as ``timm/<name>``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ PIPENET_WIDTHS = {  # name -> channels of each conv block; the first block has s
     "pipenet-m": (64, 128, 256, 512),
 }
 CIFARNET_WIDTHS = {"cifarnet": (64, 256, 256), "cifarnet-s": (32, 128, 128)}
+TIMM_PREFIX = "timm/"  # "timm/resnet18.a1_in1k": a timm model (its name on the Hugging Face hub)
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small",
                       "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf")
 
@@ -28,7 +31,7 @@ TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small",
 class ModelConfig:
     """Which network to build; saved in the checkpoint so ``predict`` rebuilds the same one."""
 
-    name: str = "pipenet-s"  # a built-in name (see `builtin_names()`) or a torchvision model
+    name: str = "pipenet-s"  # a built-in name (see `builtin_names()`), a torchvision model or timm/<name>
     num_classes: int = 4  # outputs of the last fully connected layer
 
     def to_dict(self) -> dict:
@@ -164,6 +167,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return PipeNet(PIPENET_WIDTHS[cfg.name], cfg.num_classes)
     if cfg.name in CIFARNET_WIDTHS:
         return CifarNet(CIFARNET_WIDTHS[cfg.name], cfg.num_classes)
+    if cfg.name.startswith(TIMM_PREFIX):
+        return build_timm_model(cfg.name.removeprefix(TIMM_PREFIX), cfg.num_classes)
     import torchvision
 
     try:
@@ -172,6 +177,47 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise ValueError(
             f"unknown model {cfg.name!r}: use one of {', '.join(builtin_names())} or a "
             f"torchvision architecture such as {', '.join(TORCHVISION_MODELS[:4])}") from None
+
+
+def import_timm():
+    """timm, or one line saying how to get it (it is the optional ``timm`` extra)."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm models need timm: pip install 'pipetrace[timm]'") from None
+    return timm
+
+
+def build_timm_model(name: str, num_classes: int | None = None, *,
+                     pretrained: bool = False) -> nn.Module:
+    """A timm model (None classes: its own head, as pretrained)."""
+    timm = import_timm()
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        return timm.create_model(name, pretrained=pretrained, **extra)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        if "nknown model" not in str(exc):
+            raise
+        raise ValueError(f"unknown timm model {name!r}: see timm.list_models()") from None
+
+
+def head_keys(cfg: ModelConfig) -> tuple[str, ...]:
+    """The state-dict entries whose shape depends on the class count: the classifier head.
+
+    Found by building the same network for one class more and comparing shapes, so it holds
+    for any architecture; on the meta device (no memory, no initialisation work) where the
+    constructor allows it (regnet's computes its widths from tensors, so it needs the CPU).
+    """
+    def both() -> tuple[dict, dict]:
+        return (build_model(cfg).state_dict(),
+                build_model(ModelConfig(cfg.name, cfg.num_classes + 1)).state_dict())
+
+    try:
+        with torch.device("meta"):
+            mine, other = both()
+    except (NotImplementedError, RuntimeError):
+        mine, other = both()
+    return tuple(k for k, v in mine.items() if k not in other or other[k].shape != v.shape)
 
 
 def count_parameters(model: nn.Module) -> int:

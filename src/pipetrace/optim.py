@@ -14,11 +14,15 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
+def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int, *,
+                    pretrained: frozenset[str] = frozenset()):
     """Optimizer and a per-step LR schedule.
 
     A model may define its own groups (``param_groups(lr, weight_decay)``, as timm models
     define ``no_weight_decay()``); otherwise norms and biases get no weight decay.
+    ``pretrained`` names the parameters that came from pretrained weights: with
+    ``cfg.backbone_lr_scale`` != 1 they learn at ``lr x backbone_lr_scale`` (discriminative
+    rates), in groups after the head's, so ``param_groups[0]`` keeps the head's rate.
     """
     if hasattr(model, "param_groups"):
         groups = model.param_groups(cfg.lr, cfg.weight_decay)
@@ -29,6 +33,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
                 (decay if p.ndim > 1 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+    if pretrained and cfg.backbone_lr_scale != 1.0:
+        groups = split_backbone_groups(groups, model, pretrained, cfg.lr, cfg.backbone_lr_scale)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     elif cfg.optimizer == "adamw":
@@ -51,6 +57,23 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, cosine or constant")
     return opt, sched
+
+
+def split_backbone_groups(groups: list[dict], model: nn.Module, pretrained: frozenset[str],
+                          lr: float, scale: float) -> list[dict]:
+    """Each group split in two: its new parameters, then its pretrained ones at ``scale`` x
+    its rate (head groups first). Empty halves are left out."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    head, backbone = [], []
+    for g in groups:
+        mine = [p for p in g["params"] if names.get(id(p)) not in pretrained]
+        theirs = [p for p in g["params"] if names.get(id(p)) in pretrained]
+        rate = g.get("lr", lr)
+        if mine:
+            head.append({**g, "params": mine, "lr": rate})
+        if theirs:
+            backbone.append({**g, "params": theirs, "lr": rate * scale})
+    return head + backbone
 
 
 def resume_schedule(sched, saved: dict, step: int, *, same_plan: bool) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,7 +34,13 @@ from .findings import Finding
 from .images import CheckedFile, LoadLimits
 from .scan import find_splits
 from .text import safe_text
-from .transforms import Preprocess, channel_stats, with_dataset_stats
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    channel_stats,
+    with_dataset_stats,
+)
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -55,8 +61,27 @@ class DataSetup:
     findings: list[Finding] = field(default_factory=list)  # the quick checks, before epoch 1
 
 
-def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> DataSetup:
-    """Scan, split, pre-check the files' headers and build both datasets."""
+def run_contract(cfg: TrainConfig, expected: Preprocess | None = None) -> Preprocess:
+    """The run's preprocessing: what the weights expect (else pipetrace's defaults: 224,
+    0.875, bilinear, ImageNet statistics), with the fields the configuration sets.
+
+    ``stats="dataset"`` is applied later, from the training images (:func:`prepare_data`).
+    """
+    pre = expected or Preprocess()
+    pre = replace(pre, size=pre.size if cfg.image_size is None else cfg.image_size,
+                  crop_pct=pre.crop_pct if cfg.crop_pct is None else cfg.crop_pct)
+    if cfg.stats == "imagenet":
+        pre = replace(pre, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return pre
+
+
+def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
+                 expected: Preprocess | None = None) -> DataSetup:
+    """Scan, split, pre-check the files' headers and build both datasets.
+
+    ``preprocess``: the contract to use as it is (a resumed run's); otherwise it is made
+    from ``cfg`` over ``expected``, the contract of the initial weights (:func:`run_contract`).
+    """
     splits = find_splits(cfg.data)
     classes = splits.train.classes
     train_samples = splits.train.samples
@@ -82,7 +107,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None) -> Data
     ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
     findings += quick_check([("train", train_samples, train_checked),
                              (val_name, val_samples, val_checked)], classes, ignored)
-    pre = preprocess or Preprocess(size=cfg.image_size, crop_pct=cfg.crop_pct)
+    pre = preprocess or run_contract(cfg, expected)
     make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
     if preprocess is None and cfg.stats == "dataset":
         pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))

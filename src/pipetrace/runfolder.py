@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from . import checkpoint as ckpt_io
 from .files import write_text_atomic
@@ -38,7 +37,7 @@ from .model import ModelConfig
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .errors import Predictions
-    from .records import EpochRecord
+    from .records import EpochRecord, LRFinderResult, WeightsReport
 
 
 RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.jsonl", "trace.json")
@@ -192,8 +191,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, classes, pre,
-                    model_cfg: ModelConfig, cfg: TrainConfig) -> dict:
-    """Everything needed to resume or to serve, as plain tensors and data."""
+                    model_cfg: ModelConfig, cfg: TrainConfig,
+                    weights: WeightsReport | None = None, lr_find: LRFinderResult | None = None
+                    ) -> dict:
+    """Everything needed to resume or to serve, as plain tensors and data; with where the
+    initial weights came from and the learning-rate range test, when there were any."""
     return {
         "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
         "model_state": model.state_dict(), "optimizer_state": opt.state_dict(),
@@ -203,16 +205,9 @@ def make_checkpoint(*, model, opt, sched, scaler, epoch, records, best_acc, clas
         "history": [asdict(r) for r in records], "classes": list(classes),
         "preprocess": pre.to_dict(), "model_config": model_cfg.to_dict(),
         "train_config": cfg.to_dict(),
+        "weights": weights.to_dict() if weights else None,
+        "lr_find": lr_find.to_dict() if lr_find else None,
     }
-
-
-def load_initial_weights(model: nn.Module, path: str) -> None:
-    data = ckpt_io.read_checkpoint_file(path)
-    state = data.get("model_state", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise ckpt_io.CheckpointError(path, "holds no state dict")
-    ckpt_io.check_finite(state, path)
-    ckpt_io.load_state_into(model, state, path, strict=False)
 
 
 def write_config(run: Path, cfg: TrainConfig) -> None:

@@ -38,14 +38,21 @@ from .distributed import (
     run_on_main,
 )
 from .errors import Predictions, analyse
-from .model import ModelConfig, build_model, count_parameters
+from .finetune import FreezePlan, plan_freeze
+from .model import ModelConfig, build_model, count_parameters, head_keys
 from .observations import observe
 from .optim import build_optimizer, resume_schedule
-from .prepare import DatasetRefused, dataset_digest, first_images, name_bad, prepare_data
-from .records import EpochRecord, Observer, TrainResult
+from .prepare import (
+    DatasetRefused,
+    DataSetup,
+    dataset_digest,
+    first_images,
+    name_bad,
+    prepare_data,
+)
+from .records import EpochRecord, LRFinderResult, Observer, TrainResult, WeightsReport
 from .runfolder import (
     claim,
-    load_initial_weights,
     make_checkpoint,
     refuse_if_taken,
     remove_stale_temp_files,
@@ -56,6 +63,7 @@ from .runfolder import (
 )
 from .trace import BatchProbe, batch_tracer, data_flow, step_record
 from .transforms import BatchAugment, Preprocess
+from .weights import fetch_weights, load_weights
 
 __all__ = ["PRESETS", "DatasetRefused", "EpochRecord", "Observer", "TrainConfig", "TrainResult",
            "TrainingDiverged", "evaluate", "fit", "train_one_epoch"]
@@ -163,6 +171,7 @@ class _Loop:
     channels_last: bool
     augment: BatchAugment
     step_reached: int = 0  # steps finished in the current epoch (where a Ctrl-C landed)
+    eval_modules: tuple[nn.Module, ...] = ()  # kept in eval mode while training (frozen BN)
 
 
 def _autocast(loop: _Loop):
@@ -171,10 +180,33 @@ def _autocast(loop: _Loop):
     return torch.autocast(loop.device.type, dtype=loop.amp)
 
 
+def train_mode(loop: _Loop) -> None:
+    """The model in training mode, but for the layers the frozen phase keeps in eval mode."""
+    loop.model.train()
+    for m in loop.eval_modules:
+        m.eval()
+
+
+def train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and one optimizer step on a model-input batch; (loss, logits)."""
+    with _autocast(loop):
+        logits = loop.model(x)
+        loss = loop.criterion(logits.float(), y)
+    loop.opt.zero_grad(set_to_none=True)
+    if loop.scaler is not None:
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.opt)
+        loop.scaler.update()
+    else:
+        loss.backward()
+        loop.opt.step()
+    return loss, logits
+
+
 def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchProbe,
                     observers: Sequence[Observer], dist: DistInfo, step0: int) -> dict:
     """One pass over the training loader; returns loss, accuracy, counts and timing."""
-    loop.model.train()
+    train_mode(loop)
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, dist.rank))
     sums = _Sums.zeros(loop.device)
     bad: list[tuple[int, str]] = []
@@ -199,17 +231,7 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
         if probe.wants(step0 + step):
             probe.record(step0 + step, x, loop.pre.colour_order)
         t_step = time.perf_counter()
-        with _autocast(loop):
-            logits = loop.model(x)
-            loss = loop.criterion(logits.float(), y)
-        loop.opt.zero_grad(set_to_none=True)
-        if loop.scaler is not None:
-            loop.scaler.scale(loss).backward()
-            loop.scaler.step(loop.opt)
-            loop.scaler.update()
-        else:
-            loss.backward()
-            loop.opt.step()
+        loss, logits = train_step(loop, x, y)
         loop.sched.step()
         if tracer is not None:
             step_rec = step_record(x, logits, loss, time.perf_counter() - t_step, loop.model,
@@ -336,59 +358,31 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
         raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
                          "kernel); on CPU each process normalizes over its own batch")
     amp = resolve_amp(cfg.amp, device)
-    pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
-    setup = prepare_data(cfg, pre0)
-    if dist.enabled:  # shards are index ranges: one file more on one node shifts them all
-        check_same_everywhere(dataset_digest(setup, cfg.data), dist,
-                              what=f"the dataset in {cfg.data!r}")
+    setup, model, model_cfg, weights = start_model(cfg, state, dist)
     pre, classes = setup.preprocess, setup.classes
-    if state and state["classes"] != classes:
-        raise ckpt_io.CheckpointError(run / "last.pt", "the dataset's classes changed since "
-                                      "the checkpoint was written")
-    model_cfg = ModelConfig(cfg.model, len(classes))
-    model = build_model(model_cfg)
-    if getattr(model, "min_input_size", 0) > pre.size:
-        raise ValueError(f"{cfg.model} needs images of at least {model.min_input_size} px; "
-                         f"image_size is {pre.size}")
-    if cfg.weights and not state:
-        load_initial_weights(model, cfg.weights)
-    elif hasattr(model, "init_from_data") and not state:  # e.g. cifarnet's whitening stem
-        model.init_from_data(first_images(setup.train_set, pre))
-    if state:  # before DDP wraps it: DDP starts every rank from rank 0's weights
-        model.load_state_dict(state["model_state"])
-    model, net = _wrap_for_ddp(model, cfg, device, dist)  # `net` trains, `model` is saved
-    lcfg = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, path=cfg.loader,
-                        channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image,
-                        pin_memory=device.type == "cuda")
-    train_sampler = None
-    if dist.enabled:  # each rank a disjoint, equal share; reshuffled by set_epoch
-        train_sampler = torch.utils.data.DistributedSampler(
-            setup.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-            seed=cfg.seed, drop_last=True)
-    shard = len(train_sampler) if train_sampler is not None else len(setup.train_set)
-    train_loader = make_loader(setup.train_set, lcfg, shuffle=True, seed=cfg.seed,
-                               sampler=train_sampler, drop_last=shard > cfg.batch_size)
-    val_loader = None
-    if setup.val_set is not None:
-        val_loader = make_loader(setup.val_set, replace(lcfg, batch_size=max(cfg.batch_size, 256)),
-                                 shuffle=False, sampler=ShardSampler(len(setup.val_set), dist)
-                                 if dist.enabled else None)
+    model, net = wrap_for_ddp(model, cfg, device, dist)  # `net` trains, `model` is saved
+    train_loader, val_loader, train_sampler = make_loaders(cfg, setup, device, dist)
     steps_per_epoch = len(train_loader)
-    opt, sched = build_optimizer(cfg, model, steps_per_epoch * cfg.epochs)  # DDP shares them
+    freeze = plan_freeze(model, weights, epochs=cfg.freeze_epochs, frozen_bn=cfg.frozen_bn)
+    lr_found = LRFinderResult.from_dict(state["lr_find"]) if state and state.get("lr_find") else None
+    if cfg.lr_find and not state:
+        from .lr_find import find_lr_for_run  # it builds on this module's loop and step
+
+        lr_found = find_lr_for_run(cfg, model, weights, train_loader, device, amp, pre, dist)
+        cfg = replace(cfg, lr=lr_found.lr)
+    pretrained = weights.pretrained if weights else frozenset()
+    opt, sched = build_optimizer(cfg, model, steps_per_epoch * cfg.epochs,  # DDP shares them
+                                 pretrained=pretrained)
     base_group = base_lr_group(opt, cfg.lr)  # the lr column shows this group's rate
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    loop = _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                 device, amp, scaler, pre, cfg.channels_last,
-                 BatchAugment.for_preset(cfg.augment, pre.size, cfg.crop_pad) if cfg.loader == "fast"
-                 else BatchAugment())
+    loop = make_loop(cfg, net, opt, sched, device, amp, pre)
     records: list[EpochRecord] = []
     start_epoch, best_acc = 0, -1.0
     if state:
         opt.load_state_dict(state["optimizer_state"])
         resume_schedule(sched, state["scheduler_state"], state["epoch"] * steps_per_epoch,
                          same_plan=cfg.epochs == state["train_config"]["epochs"])
-        if scaler is not None and state.get("scaler_state"):
-            scaler.load_state_dict(state["scaler_state"])
+        if loop.scaler is not None and state.get("scaler_state"):
+            loop.scaler.load_state_dict(state["scaler_state"])
         set_rng_state(state["rng"])
         start_epoch, best_acc = state["epoch"], state["best_acc"]
         records = [EpochRecord(**r) for r in state["history"]]
@@ -408,17 +402,24 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
             "amp": str(amp).removeprefix("torch.") if amp else "off",
             "params": count_parameters(model), "dist": dist, "start_epoch": start_epoch,
             "steps_per_epoch": steps_per_epoch, "classes": classes, "model": model,
-            "findings": setup.findings}
+            "findings": setup.findings,
+            "weights": weights, "preprocess": pre, "lr_find": lr_found,
+            "freeze_epochs": freeze.epochs if freeze.params else 0}
     for o in observers:
         o.on_train_start(info)
     bad_files = list(setup.bad_files)
     confusion: list[list[int]] = []
     last_eval = None  # the last evaluation's per-image results
     stopped, interrupted_at, epoch = "", None, start_epoch
-    ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg)
+    ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg, weights=weights,
+                   lr_find=lr_found)
+    phase = None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
+            if freeze.frozen_at(epoch) != phase:
+                phase = freeze.frozen_at(epoch)
+                enter_phase(loop, freeze, phase, model, device, dist)
             train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank))
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
@@ -442,7 +443,7 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
                 epoch=epoch + 1, train_loss=tr["loss"], train_acc=tr["acc"],
                 val_loss=ev["loss"], val_acc=ev["acc"], lr=opt.param_groups[base_group]["lr"],
                 seconds=seconds, images_per_s=tr["count"] / max(tr["seconds"], 1e-9),
-                bad_images=len(bad_now))
+                bad_images=len(bad_now), frozen=phase)
             obs = observe([r.point() for r in records] + [record.point()], len(classes))
             record = replace(record, observation=obs.text, observation_kind=obs.kind)
             records.append(record)
@@ -459,7 +460,7 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
                 write_metrics(run, records)
                 is_best = acc_now > best_acc
                 best_acc = max(best_acc, acc_now)
-                c = make_checkpoint(model=model, opt=opt, sched=sched, scaler=scaler,
+                c = make_checkpoint(model=model, opt=opt, sched=sched, scaler=loop.scaler,
                                     epoch=epoch + 1, records=records, best_acc=best_acc, **ckpt_kw)
                 ckpt_io.save_checkpoint(run / "last.pt", c)
                 if is_best:
@@ -475,7 +476,8 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
         records=records, confusion=confusion, flow=flow, probes=probe.samples, batch_view=view,
         bad_files=bad_files, params=count_parameters(model), dist=dist, ranks=ranks,
         dataset=setup.info, timing={"total_seconds": time.perf_counter() - t_start},
-        stopped=stopped, interrupted_at=interrupted_at, findings=list(setup.findings))
+        stopped=stopped, interrupted_at=interrupted_at, findings=list(setup.findings),
+        weights=weights, lr_find=lr_found)
     if dist.is_main:
         result.findings = run_checks(result)
         if last_eval is not None and setup.val_set is not None:
@@ -505,7 +507,87 @@ def base_lr_group(opt: torch.optim.Optimizer, lr: float) -> int:
                key=lambda i: sum(p.numel() for p in opt.param_groups[i]["params"]))
 
 
-def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
+def start_model(cfg: TrainConfig, state: dict | None, dist: DistInfo = DistInfo()
+                ) -> tuple[DataSetup, nn.Module, ModelConfig, WeightsReport | None]:
+    """The datasets and the model a run starts from (on the CPU, not yet wrapped).
+
+    Initial weights are fetched first, so a failed download stops the run before the
+    dataset is scanned, and their preprocessing contract shapes the datasets; the model is
+    built for the dataset's classes and takes the weights (its head stays new). A resumed
+    run takes contract, weights and the weights' report from its checkpoint.
+    """
+    pretrained = None
+    if cfg.weights and not state:  # read on rank 0 (one download), handed to the others
+        pretrained = run_on_main(lambda: fetch_weights(cfg.model, cfg.weights), dist)
+    pre0 = Preprocess.from_dict(state["preprocess"]) if state else None
+    setup = prepare_data(cfg, pre0, expected=pretrained.preprocess if pretrained else None)
+    if dist.enabled:  # shards are index ranges: one file more on one node shifts them all
+        check_same_everywhere(dataset_digest(setup, cfg.data), dist,
+                              what=f"the dataset in {cfg.data!r}")
+    if state and state["classes"] != setup.classes:
+        raise ckpt_io.CheckpointError(Path(cfg.out) / "last.pt", "the dataset's classes "
+                                      "changed since the checkpoint was written")
+    model_cfg = ModelConfig(cfg.model, len(setup.classes))
+    model = build_model(model_cfg)
+    if getattr(model, "min_input_size", 0) > setup.preprocess.size:
+        raise ValueError(f"{cfg.model} needs images of at least {model.min_input_size} px; "
+                         f"image_size is {setup.preprocess.size}")
+    weights = None
+    if pretrained is not None:
+        weights = load_weights(model, pretrained, head_keys(model_cfg), cfg.model)
+    elif state:  # before DDP wraps it: DDP starts every rank from rank 0's weights
+        model.load_state_dict(state["model_state"])
+        weights = WeightsReport.from_dict(state["weights"]) if state.get("weights") else None
+    elif hasattr(model, "init_from_data"):  # e.g. cifarnet's whitening stem
+        model.init_from_data(first_images(setup.train_set, setup.preprocess))
+    return setup, model, model_cfg, weights
+
+
+def make_loaders(cfg: TrainConfig, setup: DataSetup, device: torch.device,
+                 dist: DistInfo = DistInfo()):
+    """(train loader, validation loader or None, the train sampler under torchrun or None)."""
+    lcfg = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, path=cfg.loader,
+                        channels_last=cfg.channels_last, on_bad_image=cfg.on_bad_image,
+                        pin_memory=device.type == "cuda")
+    train_sampler = None
+    if dist.enabled:  # each rank a disjoint, equal share; reshuffled by set_epoch
+        train_sampler = torch.utils.data.DistributedSampler(
+            setup.train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+            seed=cfg.seed, drop_last=True)
+    shard = len(train_sampler) if train_sampler is not None else len(setup.train_set)
+    train_loader = make_loader(setup.train_set, lcfg, shuffle=True, seed=cfg.seed,
+                               sampler=train_sampler, drop_last=shard > cfg.batch_size)
+    val_loader = None
+    if setup.val_set is not None:
+        val_loader = make_loader(setup.val_set, replace(lcfg, batch_size=max(cfg.batch_size, 256)),
+                                 shuffle=False, sampler=ShardSampler(len(setup.val_set), dist)
+                                 if dist.enabled else None)
+    return train_loader, val_loader, train_sampler
+
+
+def make_loop(cfg: TrainConfig, net: nn.Module, opt, sched, device: torch.device,
+              amp: torch.dtype | None, pre: Preprocess) -> _Loop:
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    augment = (BatchAugment.for_preset(cfg.augment, pre.size, cfg.crop_pad)
+               if cfg.loader == "fast" else BatchAugment())
+    return _Loop(net, opt, sched, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                 device, amp, scaler, pre, cfg.channels_last, augment)
+
+
+def enter_phase(loop: _Loop, freeze: FreezePlan, frozen: bool, model: nn.Module,
+                device: torch.device, dist: DistInfo) -> None:
+    """Freeze (or unfreeze) the pretrained layers for the epochs that follow.
+
+    DDP registers the parameters that need gradients when it wraps the model, so under
+    torchrun the model is wrapped again after the change.
+    """
+    freeze.apply(frozen)
+    loop.eval_modules = freeze.norms if frozen else ()
+    if dist.enabled and freeze.params:
+        loop.model = _ddp(model, device)
+
+
+def wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
                   dist: DistInfo) -> tuple[nn.Module, nn.Module]:
     """(model, the module that trains it): on ``device``; under torchrun, wrapped in DDP."""
     if dist.enabled and cfg.sync_bn:
@@ -515,5 +597,9 @@ def _wrap_for_ddp(model: nn.Module, cfg: TrainConfig, device: torch.device,
         model.to(memory_format=torch.channels_last)
     if not dist.enabled:
         return model, model
-    return model, DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, _ddp(model, device)
+
+
+def _ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)

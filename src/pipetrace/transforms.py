@@ -52,6 +52,15 @@ class Preprocess:
         return cls(**clean)
 
 
+def pretrained_contract(size: int, resize_size: int, *, mean, std,
+                        interpolation: str) -> Preprocess:
+    """The contract of pretrained weights from their metadata: resize the short side to
+    ``resize_size``, centre-crop ``size`` (e.g. torchvision's ``weights.transforms()``)."""
+    return Preprocess(size=int(size), crop_pct=int(size) / int(resize_size),
+                      mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+                      interpolation=str(interpolation).lower())
+
+
 def interpolation_mode(name: str) -> v2.InterpolationMode:
     return v2.InterpolationMode[name.upper()]
 

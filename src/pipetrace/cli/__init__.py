@@ -26,6 +26,7 @@ from .. import __version__
 COMMANDS = {
     "demo": ("run", "the whole pipeline on the built-in shapes dataset"),
     "train": ("run", "train on an ImageFolder dataset and trace it"),
+    "lr-find": ("lrfind", "the learning-rate range test: which rate to train at, and why"),
     "trace": ("examine", "the data-flow trace of one image, or of one item of your own "
               "dataset (--dataset)"),
     "predict": ("serve", "classify images and trace one through every layer"),
@@ -43,6 +44,15 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but a line never breaks inside a hyphenated word (crop-flip)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names gets its flags (cheap help)."""
     p = argparse.ArgumentParser(prog="pipetrace", description=__doc__.splitlines()[0])
@@ -50,7 +60,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     wanted = None if argv is None else next((a for a in argv if a in COMMANDS), "")
     for name, (module, help_text) in COMMANDS.items():
-        cp = sub.add_parser(name, help=help_text, description=help_text)
+        cp = sub.add_parser(name, help=help_text, description=help_text,
+                            formatter_class=HelpFormatter)
         if wanted is None or name == wanted:
             mod = importlib.import_module(f".{module}", __name__)
             getattr(mod, f"add_{name.replace('-', '_')}")(cp)

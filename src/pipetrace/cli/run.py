@@ -7,6 +7,10 @@ import os
 import shlex
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def default_cache_dir() -> str:
@@ -45,28 +49,35 @@ def cmd_demo(args) -> int:
 
 
 def add_train(t) -> None:
-    from ..config import PRESETS, TrainConfig, field_allowed, field_doc, field_kind
-
     t.add_argument("data", nargs="?", help="dataset root (train/ + val/, or class folders); "
                    "required unless --resume")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: " + "; ".join(
-        f"{name} ({', '.join(f'{k}={v}' for k, v in list(p.items())[:4])}, ...)"
-        for name, p in sorted(PRESETS.items())))
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (with "
                    "--epochs N: train it for N epochs in all, re-planning the LR schedule)")
     t.add_argument("--dist-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="under torchrun: how long a process waits for the others before the "
                    "run fails (default: 300)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+
+def add_config_flags(p, skip: tuple[str, ...] = ()) -> None:
+    """``--preset`` and one flag per TrainConfig field (but ``data`` and ``skip``), typed by
+    its default; ``--lr`` also takes ``auto`` (a range test picks it)."""
+    from ..config import PRESETS, TrainConfig, field_allowed, field_doc, field_kind
+
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe: " + "; ".join(
+        f"{name} ({', '.join(f'{k}={v}' for k, v in list(q.items())[:4])}, ...)"
+        for name, q in sorted(PRESETS.items())))
     defaults = TrainConfig()
     for f in fields(TrainConfig):  # one flag per config field; help from its declaration
-        if f.name == "data":
+        if f.name == "data" or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind, allowed, default = field_kind(f), field_allowed(f), getattr(defaults, f.name)
         doc = field_doc(f).replace("%", "%%")
         if kind is bool:
-            t.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=None, help=f"{doc} (default: {'on' if default else 'off'})")
             continue
         if f.name == "out":
@@ -76,9 +87,37 @@ def add_train(t) -> None:
         names = [*allowed.choices, *([allowed.pattern_text] if allowed.pattern_text else [])]
         metavar = "{" + ",".join(names) + "}" if names else {int: "N", float: "X"}.get(kind,
                                                                                        "TEXT")
-        t.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
+        parse = kind
+        if f.name == "lr":  # a number, or auto: the range test picks it
+            parse, metavar = _rate, "{X,auto}"
+        p.add_argument(flag, dest=f.name, type=parse, default=None, metavar=metavar,
                        help=f"{doc}{_range_text(allowed, kind)} (default: {shown})")
-    t.set_defaults(func=cmd_train)
+
+
+def _rate(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+
+
+def config_from_args(args, **more) -> TrainConfig:
+    """The preset, then the flags the user gave (they win), then ``more``; ``--lr auto``
+    sets lr_find. Every field is checked here, before anything is scanned."""
+    from ..config import PRESETS, TrainConfig
+
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    values.update(more)
+    if values.get("lr") == "auto":
+        del values["lr"]
+        values["lr_find"] = True
+    return TrainConfig(**values)
 
 
 def _range_text(allowed, kind) -> str:
@@ -87,7 +126,6 @@ def _range_text(allowed, kind) -> str:
 
 
 def cmd_train(args) -> int:
-    from ..config import PRESETS, TrainConfig
     from ..distributed import env_requests_distributed
     from ..runfolder import claim, claim_next_free
     from ..train import check_device_exists, resolve_device
@@ -95,17 +133,10 @@ def cmd_train(args) -> int:
     if not args.data and not args.resume:
         raise ValueError("train needs the dataset folder: pipetrace train DATA_DIR (or "
                          "--resume RUN_DIR to continue a run)")
-    values = {}
-    if args.preset:
-        values.update(PRESETS[args.preset])
-    for f in fields(TrainConfig):  # flags the user gave win over the preset
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    values["data"] = args.data or ""
+    more = {"data": args.data or ""}
     if args.resume:
-        values["out"] = args.resume
-    cfg = TrainConfig(**values)  # every field checked here, before anything is scanned
+        more["out"] = args.resume
+    cfg = config_from_args(args, **more)
     check_device_exists(resolve_device(cfg.device))  # ... or any folder is made
     if env_requests_distributed(os.environ) and os.environ.get("RANK") != "0":
         return _train(args, cfg)  # only rank 0 writes (and claims) the run folder
@@ -157,6 +188,9 @@ def print_run(console, result, art) -> None:
     if result.flow is not None:
         console.print(term.stage_table(result.flow, title="Data flow — the run's first batch, "
                                        f"{result.flow.path} path"))
+    console.print(term.contract_line(result.preprocess, result.weights), markup=False)
+    if result.weights is not None:
+        console.print(term.weights_line(result.weights), markup=False)
     term.print_training(console, result)
     if art.layer_trace is not None:
         pred = art.document["prediction"]

@@ -64,6 +64,8 @@ def run_block(result: TrainResult) -> dict:
         "model": {"name": result.model_config.name, "params": result.params,
                   "config": result.model_config.to_dict()},
         "distributed": distributed_block(result),
+        "weights": result.weights.to_dict() if result.weights else None,
+        "lr_find": result.lr_find.to_dict() if result.lr_find else None,
     }
 
 

@@ -17,6 +17,9 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``findings`` start with the dataset checks ``train`` ran before its first epoch, and
   each finding has ``paths`` (the files or folders it is about); ``quiz`` entries have
   ``topic`` (the template that asked them).
+  ``run.weights`` (where the initial weights came from, the tensors loaded, new and
+  skipped, the weights' own preprocessing), ``run.lr_find`` (the learning-rate range test of
+  ``--lr auto``), ``training.epochs[].frozen`` (a head-only epoch of fine-tuning).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ from importlib import resources
 import jinja2
 from markupsafe import Markup
 
+from ..transforms import Preprocess
 from .svg import line_chart
+from .terminal import contract_text
 
 SCRIPT = """
 document.querySelectorAll('.question').forEach(function (q) {
@@ -45,6 +47,7 @@ def _environment() -> jinja2.Environment:
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["dims"] = lambda shape: " × ".join(str(d) for d in shape)
     env.filters["num"] = lambda v, spec=".3f": "–" if v is None else format(v, spec)
+    env.filters["contract"] = lambda d: contract_text(Preprocess.from_dict(d))
     return env
 
 

@@ -5,16 +5,26 @@ from __future__ import annotations
 from ..ops import join_summary
 from .quiz import first_image_step, flow_steps, model_input
 
-NEXT_STEP = {
+NEXT_STEP = {  # one per observations.KINDS: what the last epoch's observation suggests
     "converged": "it has converged: a harder dataset, a smaller model or fewer epochs would "
                  "show more",
     "improving": "it was still improving at the end: more epochs would likely help",
     "slowing": "progress was slowing: a few more epochs at a lower learning rate may add a little",
     "plateau": "it reached a plateau: try a lower learning rate, more augmentation or a larger "
                "model",
-    "overfitting": "it is overfitting: add augmentation or weight decay, or use more data",
+    "mixed": "loss and accuracy disagreed in the last epoch: train a few more epochs to see "
+             "which way it goes",
+    "setback": "the last epoch made it worse: if that repeats, lower the learning rate",
+    "overfitting": "it is overfitting: add augmentation or weight decay, use more data, or stop "
+                   "at the best epoch (best.pt)",
     "underfitting": "it is underfitting: use a larger model, a higher learning rate or more "
                     "epochs",
+    "validation spike": "the validation loss spiked: check that it recovers; a lower learning "
+                        "rate or larger batches steady batch norm",
+    "validation at chance": "validation stays near chance while training learns: check that "
+                            "both splits use the same preprocessing and the same class folders",
+    "learning rate too high": "the loss rose from the start: lower the learning rate "
+                              "(`pipetrace lr-find DATA` suggests one)",
     "unstable": "training was unstable: lower the learning rate or lengthen the warm-up",
     "diverging": "training diverged: lower the learning rate and check the inputs for NaN",
     "starting to learn": "one epoch is not enough: train for more",

@@ -88,3 +88,24 @@ def grid_picture(view: BatchView, *, cell: int = 96, pad: int = 4) -> np.ndarray
             tile = cv2.resize(pic, (cell, cell), interpolation=cv2.INTER_AREA)
             grid[y:y + cell, x + j * (cell + pad):x + j * (cell + pad) + cell] = tile
     return grid
+
+
+def lr_find_png(result) -> bytes:
+    """A range test: raw and smoothed loss against the rate (log scale), with the landmarks."""
+    s = result.suggested
+    lrs = result.lrs[: len(s.smoothed)]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss per step")
+    ax.plot(lrs, s.smoothed, lw=2, label="smoothed (running median)")
+    ax.axvline(s.lr, color="tab:green", ls="--", label=f"suggestion {s.lr:.1e}")
+    ax.axvline(s.minimum, color="tab:orange", ls=":", label=f"lowest loss {s.minimum:.1e}")
+    if s.steepest is not None:
+        ax.axvline(s.steepest, color="tab:purple", ls=":", label=f"steepest {s.steepest:.1e}")
+    if s.divergence is not None:
+        ax.axvline(s.divergence, color="tab:red", ls=":", label=f"diverges {s.divergence:.1e}")
+    top = min(max(s.smoothed), 2 * s.smoothed[0])
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title="Learning-rate range test", ylim=(min(s.smoothed) * 0.9, top * 1.05))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig)

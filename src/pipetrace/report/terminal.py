@@ -6,6 +6,7 @@ or a checkpoint goes through :func:`clean` (no rich markup, no terminal escape s
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -19,9 +20,10 @@ from ..errors import ErrorAnalysis
 from ..layers import LayerTrace
 from ..ops import OpTrace
 from ..pipeline import SEED_STAGES
-from ..records import EpochRecord, Observer, TrainResult
+from ..records import EpochRecord, LRFinderResult, Observer, TrainResult, WeightsReport
 from ..text import printable
 from ..trace import DataFlow
+from ..transforms import Preprocess
 
 if TYPE_CHECKING:
     from ..export import OnnxCheck
@@ -98,13 +100,39 @@ def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
                   markup=False)
 
 
+def _triple(v: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
+
+
+def contract_text(pre: Preprocess) -> str:
+    """'resize the short side to 256 (bilinear), centre-crop 224, mean (...), std (...)'."""
+    geometry = (f"resize the short side to {pre.resize_size} ({pre.interpolation}), centre-crop "
+                f"{pre.size}" if pre.resize_size != pre.size else
+                f"resize to {pre.size} ({pre.interpolation})")
+    return (f"{geometry}, {pre.colour_order} {pre.value_scale}, mean {_triple(pre.mean)}, "
+            f"std {_triple(pre.std)}")
+
+
+def contract_line(pre: Preprocess, weights: WeightsReport | None) -> str:
+    """The evaluation contract of a run, and whose it is."""
+    if weights is not None and weights.preprocess is not None:
+        whose = ("the weights' own" if weights.preprocess == pre else
+                 "set by this run, not the weights' (see the findings)")
+        return f"Preprocessing: {contract_text(pre)} — {whose}, {clean(weights.source)}"
+    return f"Preprocessing: {contract_text(pre)} — from this run's configuration"
+
+
+def weights_line(weights: WeightsReport) -> str:
+    return f"Weights: {clean(weights.source)} ({clean(weights.file)}): {clean(weights.summary())}"
+
+
 def epoch_table(records: Sequence[EpochRecord]) -> Table:
     t = Table(title="Training trace", title_justify="left")
     for col in ("epoch", "loss ↓", "acc ↑", "val loss", "val acc ↑", "lr", "s", "img/s"):
         t.add_column(col, justify="right")
     t.add_column("observation", overflow="fold", ratio=1)
     for r in records:
-        t.add_row(*epoch_cells(r), r.observation)
+        t.add_row(*epoch_cells(r), ("head only · " if r.frozen else "") + clean(r.observation))
     return t
 
 
@@ -292,6 +320,52 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def lr_find_chart(result: LRFinderResult, *, width: int = 64, height: int = 12) -> str:
+    """The smoothed loss against the rate on a log scale: '*' the curve, '|' the suggestion,
+    'v' the lowest loss, 'x' where it diverged (losses above twice the first are clipped)."""
+    s = result.suggested
+    sm, lrs = s.smoothed, result.lrs[: len(s.smoothed)]
+    lo, hi = min(sm), min(max(sm), 2 * sm[0])
+    hi = hi if hi > lo else lo + 1e-9
+    a, span = math.log10(lrs[0]), (math.log10(lrs[-1]) - math.log10(lrs[0])) or 1.0
+
+    def col(lr: float) -> int:
+        return round((math.log10(lr) - a) / span * (width - 1))
+
+    def row(v: float) -> int:
+        return height - 1 - round((min(v, hi) - lo) / (hi - lo) * (height - 1))
+
+    grid = [[" "] * width for _ in range(height)]
+    if 0 <= col(s.lr) < width:
+        for r in grid:
+            r[col(s.lr)] = "|"
+    for lr, v in zip(lrs, sm, strict=True):
+        grid[row(v)][col(lr)] = "*"
+    grid[row(lo)][col(s.minimum)] = "v"
+    if s.divergence is not None:
+        grid[0][col(s.divergence)] = "x"
+    lines = [f"{hi:>8.3f} ┤{''.join(grid[0])}",
+             *(f"{'':>8} │{''.join(r)}" for r in grid[1:-1]),
+             f"{lo:>8.3f} ┤{''.join(grid[-1])}",
+             f"{'':>10}{lrs[0]:<{width - 7}.0e}{lrs[-1]:.0e}",
+             f"{'':>10}learning rate (log scale); | suggestion {s.lr:.1e}, v lowest loss"
+             + (", x divergence" if s.divergence is not None else "")]
+    return "\n".join(lines)
+
+
+def print_lr_find(console: Console, result: LRFinderResult) -> None:
+    held = result.held
+    console.print(f"Learning-rate range test: {len(result.lrs)} steps of {held['model']} at "
+                  f"batch {held['batch_size']}, {held['optimizer']}"
+                  + (f" (momentum {held['momentum']:g})" if held.get("momentum") is not None
+                     else "") + f", weight decay {held['weight_decay']:g}; stopped at "
+                  f"{result.stopped}.", markup=False)
+    console.print("Smoothed loss (running median):\n" + lr_find_chart(result), markup=False)
+    console.print(f"Suggested learning rate: {result.lr:.2e} ({result.suggested.rule})",
+                  markup=False)
+    console.print(result.suggested.reason, markup=False)
+
+
 class TerminalObserver(Observer):
     """Progress over batches (only on a terminal, refreshed by time, with the time left in
     the epoch and in the run) and one line per epoch as it ends."""
@@ -322,6 +396,18 @@ class TerminalObserver(Observer):
             + (f" x {processes(info['dist'].world_size)} = "
                f"{cfg.batch_size * info['dist'].world_size} global ({info['dist'].backend})"
                if info["dist"].enabled else ""))
+        if info.get("weights") is not None:
+            self.console.print(weights_line(info["weights"]), markup=False)
+        if info.get("freeze_epochs"):
+            n, bn = info["freeze_epochs"], cfg.frozen_bn
+            self.console.print(
+                f"Fine-tuning: {n} epoch(s) train the new head only (pretrained layers frozen, "
+                f"their batch norm {'in eval mode' if bn == 'eval' else 'still re-estimating'}"
+                f"), then all layers, the pretrained ones at {cfg.backbone_lr_scale:g} x lr",
+                markup=False)
+        if info.get("lr_find") is not None and info.get("start_epoch", 0) == 0:
+            self.console.print(f"Learning rate {info['lr_find'].lr:.2e} from a range test: "
+                               f"{info['lr_find'].suggested.reason}", markup=False)
         findings = info.get("findings", [])
         if findings:
             self.console.print(f"Dataset checks before the first epoch: {len(findings)} "
@@ -367,7 +453,8 @@ class TerminalObserver(Observer):
         cells = epoch_cells(record)
         self.console.print(
             f"epoch {cells[0]:>3}  loss {cells[1]}  acc {cells[2]}  val loss {cells[3]}  "
-            f"val acc {cells[4]}  {cells[6]} s  {cells[7]} img/s  {record.observation}",
+            f"val acc {cells[4]}  {cells[6]} s  {cells[7]} img/s  "
+            f"{'head only · ' if record.frozen else ''}{record.observation}",
             markup=False)
 
     def on_train_end(self, result: TrainResult) -> None:
