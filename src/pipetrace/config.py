@@ -210,6 +210,19 @@ class TrainConfig:
     loader: str = setting("fast", "the loader (fast: uint8 and a batch-level normalize; "
                           "classic: the seed's per-image PIL chain)", choices=LOADER_CHOICES)
     tta: bool = setting(False, "evaluate on the image and its mirror, average the logits")
+    tta_shift: int = setting(0, "the last epoch's evaluation also averages the views "
+                             "translated by this many pixels up-left and down-right, at half "
+                             "the weight (airbench: 1; 0: off)", low=0, high=8)
+    lookahead_from: int | None = setting(None, "from this epoch on, keep an average of the "
+                                         "weights and copy it back into the model every 5 "
+                                         "steps (airbench's lookahead; none: off)", low=0,
+                                         optional=True)
+    lookahead_decay: float = setting(0.95, "lookahead: the average's decay per step at the end "
+                                     "of the run (it rises with the cube of the progress)",
+                                     low=0, high=1, high_open=True)
+    stem_bias_epochs: int | None = setting(None, "cifarnet: the whitening stem's bias learns for "
+                                           "this many epochs, then stays (airbench: 3; none: "
+                                           "always learns)", low=0, optional=True)
     trace_every: int = setting(50, "trace the first batch, then sample the model input every "
                                "N steps (0: off)", low=0)
     on_bad_image: str = setting("skip", "an unreadable file: skip it (counted and listed) or "
@@ -217,6 +230,9 @@ class TrainConfig:
     max_bad_fraction: float = setting(0.1, "refuse to start if more than this share of the "
                                       "files are unreadable", low=0, high=1)
     sync_bn: bool = setting(False, "SyncBatchNorm under DDP (GPUs)")
+    dataset_index: bool = setting(True, "keep each file's header facts in an index beside the "
+                                  "dataset (else in the user's cache) and reuse them while its "
+                                  "size and time are unchanged")
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "refuse larger images (width x height) "
                                     "from the header", low=1)
 

@@ -288,14 +288,17 @@ def split_samples(samples: list[tuple[str, int]], fraction: float, seed: int
     return sorted(train), sorted(val)
 
 
-def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits()
+def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits(), *,
+                index=None
                 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]], list[CheckedFile]]:
     """Split samples into (readable, [(path, reason)]) from headers alone, before training;
-    also return what was found for each readable file (for ``ImageDataset(checked=...)``)."""
+    also return what was found for each readable file (for ``ImageDataset(checked=...)``).
+    With a :class:`~pipetrace.index.DatasetIndex`, unchanged files are answered from it."""
+    check = index.checked if index is not None else check_file
     good, bad, checked = [], [], []
     for path, label in samples:
         try:
-            checked.append(check_file(path, limits))
+            checked.append(check(path, limits))
             good.append((path, label))
         except ImageLoadError as exc:
             bad.append((path, str(exc)))

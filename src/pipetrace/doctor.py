@@ -55,6 +55,7 @@ from .images import (
     read_bytes,
     within_time,
 )
+from .index import DatasetIndex
 from .likeness import HASH_BITS, colour_count, difference_hash, near_pairs
 from .scan import (
     ALIASED_FILE,
@@ -82,6 +83,7 @@ class CheckConfig:
     placeholder_repeats: int = 3  # the same small or flat image this often is a placeholder
     few_colours: int = 32  # distinct colours (32 x 32 thumbnail) at or under which it is flat
     small_side: int = 64  # pixels; a short side at or under this is "small"
+    index: bool = True  # reuse (and update) the dataset index: unchanged files are not read
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class DatasetReport:
     findings: list[Finding]
     seconds: float = 0.0
     config: CheckConfig = field(default_factory=CheckConfig)
+    index: dict = field(default_factory=dict)  # DatasetIndex.summary(): where, answers, reads
 
     def status_counts(self) -> dict[str, int]:
         n = Counter(f.status for f in self.files)
@@ -162,7 +165,8 @@ class DatasetReport:
         """JSON-ready: names that are not UTF-8 show U+FFFD, plus ``path_bytes`` to find them."""
         return {
             "format": FORMAT, "version": VERSION,
-            "meta": {"seconds": round(self.seconds, 3), "config": asdict(self.config)},
+            "meta": {"seconds": round(self.seconds, 3), "config": asdict(self.config),
+                     "index": self.index},
             "root": safe_text(self.root), "layout": self.layout,
             "classes": [safe_text(c) for c in self.classes],
             "exit_code": self.exit_code,
@@ -317,18 +321,22 @@ def _label_of(path: str, scan: FolderScan) -> str | None:
 
 def check_dataset(root: str | os.PathLike, cfg: CheckConfig = CheckConfig(), *,
                   on_file=None) -> DatasetReport:
-    """Read every file under ``root`` once and report (``on_file(record)`` after each)."""
+    """Read every file under ``root`` once and report (``on_file(record)`` after each).
+
+    With ``cfg.index`` a file whose size and time are those the dataset index kept its
+    record under (for the same limits and strictness) is not read again."""
     t0 = time.perf_counter()
     root = os.fspath(root)
     found = find_splits(root)
     scans = found.named()
     files = [FileRecord(p, "", None, "ignored", reason) for p, reason in found.beside]
+    index = DatasetIndex.open(root) if cfg.index else None
     with tempfile.TemporaryFile() as buffer:
         stderr = _Stderr(buffer) if cfg.strict else None
         for name, scan in scans:
-            for path, index in scan.samples:
-                rec = inspect_file(path, split=name, label=scan.classes[index], cfg=cfg,
-                                   stderr=stderr)
+            for path, label in scan.samples:
+                rec = inspect_with_index(path, index, split=name, label=scan.classes[label],
+                                         cfg=cfg, stderr=stderr)
                 files.append(rec)
                 if on_file is not None:
                     on_file(rec)
@@ -336,10 +344,31 @@ def check_dataset(root: str | os.PathLike, cfg: CheckConfig = CheckConfig(), *,
                       for p, reason in scan.ignored]
     classes = scans[0][1].classes
     splits = [_summary(name, scan, files) for name, scan in scans]
-    report = DatasetReport(root, split_layout(found), classes, splits, files, [], config=cfg)
+    if index is not None:
+        index.save()
+    report = DatasetReport(root, split_layout(found), classes, splits, files, [], config=cfg,
+                           index=index.summary() if index is not None else {})
     report.findings = find_problems(report, [scan for _, scan in scans])
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def inspect_with_index(path: str, index: DatasetIndex | None, *, split: str, label: str,
+                       cfg: CheckConfig, stderr: _Stderr | None) -> FileRecord:
+    """:func:`inspect_file`, answered by the index while the file is unchanged."""
+    if index is None:
+        return inspect_file(path, split=split, label=label, cfg=cfg, stderr=stderr)
+    setting = f"strict={cfg.strict} limits={tuple(asdict(cfg.limits).values())}"
+    kept = index.record(path, setting)
+    if kept is not None:
+        index.known += 1
+        return FileRecord(path, split, label, **{**kept, "conversions": tuple(kept["conversions"])})
+    stamp = index.stamp(path)
+    rec = inspect_file(path, split=split, label=label, cfg=cfg, stderr=stderr)
+    index.learnt += 1
+    facts = {k: v for k, v in asdict(rec).items() if k not in ("path", "split", "label")}
+    index.keep_record(path, setting, facts, stamp)
+    return rec
 
 
 def split_layout(found: DatasetSplits) -> str:
@@ -365,22 +394,23 @@ def _summary(name: str, scan: FolderScan, files: list[FileRecord]) -> SplitSumma
 
 def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[CheckedFile]]],
                 classes: Sequence[str], ignored: Sequence[tuple[str, str]] = (),
-                cfg: CheckConfig = CheckConfig()) -> list[Finding]:
+                cfg: CheckConfig = CheckConfig(), *, digest=sha256_file) -> list[Finding]:
     """What ``train`` can find without decoding: exact duplicates within and across splits
     (leakage), placeholders (by name, or the same small image saved again and again), numeric
     class order, and the ignored entries that matter (symlinks that lead astray).
 
     ``splits``: (name, readable samples, their :class:`~pipetrace.images.CheckedFile`) per
     split, as training will use them. Only files whose byte size equals another file's are
-    read and hashed, so a dataset of photos costs almost nothing.
+    read and hashed, so a dataset of photos costs almost nothing; ``digest(path)`` gives the
+    hash (the dataset index's answers it from what it kept).
     """
     sizes = Counter(c.stamp[0] for _, _, checked in splits for c in checked)
     files = []
     for name, samples, checked in splits:
         for (path, label), c in zip(samples, checked, strict=True):
-            digest = sha256_file(path) if sizes[c.stamp[0]] > 1 else ""
+            sha = digest(path) if sizes[c.stamp[0]] > 1 else ""
             files.append(FileRecord(path, name, classes[label], "loaded", format=c.fmt,
-                                    width=c.width, height=c.height, sha256=digest))
+                                    width=c.width, height=c.height, sha256=sha))
     files += [FileRecord(p, "", None, "ignored", reason) for p, reason in ignored
               if _IGNORED_SEVERITY.get(reason) == "warning"]
     found = (_duplicates(files) + _placeholders(files, cfg) + _ignored(files)

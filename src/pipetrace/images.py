@@ -156,9 +156,18 @@ def _header_size_with_pil(data: bytes, path) -> tuple[int, int]:
         raise ImageLoadError(path, f"unreadable {type(exc).__name__}: {exc}") from None
 
 
-def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
-                 tail: bytes | None = None) -> tuple[str, int, int]:
-    """Return (format, width, height) from the header, or raise ImageLoadError (no decoding).
+class HeaderFacts(NamedTuple):
+    """What a file's header says, whatever the limits: what :func:`judge_header` judges."""
+
+    fmt: str  # "jpeg", "png", "gif", "bmp", "webp" or "tiff"
+    width: int
+    height: int
+    complete: bool  # a JPEG ends with its end-of-image marker (other formats: True)
+    scans: int  # JPEG start-of-scan markers in the bytes read (other formats: 0)
+
+
+def header_facts(data: bytes, path, *, tail: bytes | None = None) -> HeaderFacts:
+    """The header's facts, or ImageLoadError when it is not an image we can size (no decoding).
 
     ``data`` holds at least the file's start; ``tail`` its last bytes when ``data`` is only
     the start of a large file (``check_file``).
@@ -166,10 +175,27 @@ def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageLoadError(path, describe_non_image(data))
-    size = header_size(data, fmt) or _header_size_with_pil(data, path)
-    w, h = size
+    w, h = header_size(data, fmt) or _header_size_with_pil(data, path)
     if w <= 0 or h <= 0:
         raise ImageLoadError(path, f"header says {w} x {h} pixels")
+    if fmt != "jpeg":
+        return HeaderFacts(fmt, w, h, True, 0)
+    # Inside scan data every FF is stuffed (FF 00), so FF DA counts start-of-scan markers
+    # (plus, rarely, a few bytes of metadata: far from the limit).
+    return HeaderFacts(fmt, w, h, _jpeg_has_end(data if tail is None else tail),
+                       data.count(b"\xff\xda"))
+
+
+def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
+                 tail: bytes | None = None) -> tuple[str, int, int]:
+    """Return (format, width, height) from the header, or raise ImageLoadError (no decoding)."""
+    return judge_header(header_facts(data, path, tail=tail), path, limits)
+
+
+def judge_header(facts: HeaderFacts, path, limits: LoadLimits = LoadLimits()
+                 ) -> tuple[str, int, int]:
+    """(format, width, height) of a header within ``limits``, or ImageLoadError saying why not."""
+    fmt, w, h = facts.fmt, facts.width, facts.height
     if w * h > limits.max_pixels:
         raise ImageLoadError(
             path, f"{w} x {h} = {w * h / 1e6:.1f} megapixels is over the limit of "
@@ -178,15 +204,11 @@ def check_header(data: bytes, path, limits: LoadLimits = LoadLimits(), *,
     if aspect > limits.max_aspect:
         raise ImageLoadError(path, f"{w} x {h} has aspect ratio {aspect:.0f}:1, over the "
                              f"limit of {limits.max_aspect:.0f}:1 (refused before resizing)")
-    if fmt == "jpeg" and not _jpeg_has_end(data if tail is None else tail):
+    if not facts.complete:
         raise ImageLoadError(path, "truncated JPEG (no end-of-image marker)")
-    if fmt == "jpeg":
-        # Inside scan data every FF is stuffed (FF 00), so FF DA counts start-of-scan markers
-        # (plus, rarely, a few bytes of metadata: far from the limit).
-        scans = data.count(b"\xff\xda")
-        if scans > limits.max_jpeg_scans:
-            raise ImageLoadError(path, f"JPEG has {scans} scans, over the limit of "
-                                 f"{limits.max_jpeg_scans} (each is a pass over every pixel)")
+    if facts.scans > limits.max_jpeg_scans:
+        raise ImageLoadError(path, f"JPEG has {facts.scans} scans, over the limit of "
+                             f"{limits.max_jpeg_scans} (each is a pass over every pixel)")
     return fmt, w, h
 
 
@@ -248,6 +270,13 @@ class CheckedFile(NamedTuple):
 
 def check_file(path: str | os.PathLike, limits: LoadLimits = LoadLimits()) -> CheckedFile:
     """Check a file's header and end without reading or decoding all of it."""
+    facts, stamp = file_facts(path)
+    return CheckedFile(*judge_header(facts, path, limits), stamp)
+
+
+def file_facts(path: str | os.PathLike) -> tuple[HeaderFacts, tuple[int, int]]:
+    """A file's header facts and its (size, mtime_ns), reading its start and its end only;
+    ImageLoadError when it cannot be read or is not an image we can size."""
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
@@ -260,8 +289,7 @@ def check_file(path: str | os.PathLike, limits: LoadLimits = LoadLimits()) -> Ch
         raise ImageLoadError(path, "file disappeared since the dataset was scanned") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read: {exc.strerror or exc}") from None
-    fmt, w, h = check_header(head, path, limits, tail=tail)
-    return CheckedFile(fmt, w, h, (st.st_size, st.st_mtime_ns))
+    return header_facts(head, path, tail=tail), (st.st_size, st.st_mtime_ns)
 
 
 def reduction_for(width: int, height: int, target: int | None) -> int:

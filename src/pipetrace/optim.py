@@ -86,3 +86,45 @@ def resume_schedule(sched, saved: dict, step: int, *, same_plan: bool) -> None:
     with warnings.catch_warnings():  # moving to `step`, not training: no optimizer step due
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler"))
         sched.step()
+
+
+class Lookahead:
+    """An average of the weights that the model is pulled back to every ``every`` steps.
+
+    hlb-cifar10's and airbench's "lookahead": from the start of epoch ``start_epoch`` an
+    exponential moving average of every float tensor of the state dict (weights and batch-norm
+    statistics) is kept; every ``every`` steps it moves towards the model by ``1 - rho`` and
+    the model is set to it. ``rho`` rises with the cube of the run's progress, to
+    ``decay ** every`` at the last step: the model moves fast early and is averaged strongly at
+    the end. At each epoch's end the model equals the average, so a resumed run starts the
+    average again from the model's weights and continues exactly.
+    """
+
+    def __init__(self, model: nn.Module, *, start_epoch: int, total_steps: int,
+                 decay: float = 0.95, every: int = 5, power: float = 3.0):
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.start_epoch, self.total_steps = start_epoch, max(total_steps, 1)
+        self.decay, self.every, self.power = decay, every, power
+        self.average: list[torch.Tensor] | None = None
+
+    def start(self, epoch: int) -> None:
+        """Call before epoch ``epoch`` (0-based): the average begins at ``start_epoch``."""
+        if self.average is None and epoch >= self.start_epoch:
+            self.average = [t.detach().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def step(self, step: int) -> None:
+        """Call after optimizer step ``step`` (1-based, counted over the whole run)."""
+        if self.average is None or step % self.every:
+            return
+        rho = self.decay ** self.every * min(1.0, step / self.total_steps) ** self.power
+        for avg, t in zip(self.average, self.tensors, strict=True):
+            avg.lerp_(t, 1 - rho)
+            t.copy_(avg)
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        """Set the model to the average (what is evaluated and saved)."""
+        if self.average is not None:
+            for avg, t in zip(self.average, self.tensors, strict=True):
+                t.copy_(avg)

@@ -30,8 +30,10 @@ from .data import (
     to_model_input,
 )
 from .doctor import quick_check
+from .files import sha256_file
 from .findings import Finding
 from .images import CheckedFile, LoadLimits
+from .index import DatasetIndex
 from .scan import find_splits
 from .text import safe_text
 from .transforms import (
@@ -92,8 +94,9 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     else:
         val_samples = []
     limits = LoadLimits(max_pixels=cfg.max_image_pixels)
-    train_samples, bad_train, train_checked = check_files(train_samples, limits)
-    val_samples, bad_val, val_checked = check_files(val_samples, limits)
+    index = DatasetIndex.open(cfg.data) if cfg.dataset_index else None
+    train_samples, bad_train, train_checked = check_files(train_samples, limits, index=index)
+    val_samples, bad_val, val_checked = check_files(val_samples, limits, index=index)
     bad = bad_train + bad_val
     total = len(train_samples) + len(val_samples) + len(bad)
     if total == 0:
@@ -106,7 +109,10 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     val_name = splits.layout.split("+", 1)[1] if splits.val is not None else "val"
     ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
     findings += quick_check([("train", train_samples, train_checked),
-                             (val_name, val_samples, val_checked)], classes, ignored)
+                             (val_name, val_samples, val_checked)], classes, ignored,
+                            digest=index.sha256 if index is not None else sha256_file)
+    if index is not None:
+        index.save()
     pre = preprocess or run_contract(cfg, expected)
     make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
     if preprocess is None and cfg.stats == "dataset":
@@ -123,6 +129,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
         "ignored_files": len(splits.train.ignored) + (len(splits.val.ignored) if splits.val else 0),
         "bad_files": len(bad),
         "train_counts": _counts(train_samples, classes),
+        "index": index.summary() if index is not None else {"path": None, "off": True},
     }
     return DataSetup(classes, pre, train_set, val_set, bad, info, findings)
 
@@ -194,8 +201,10 @@ def dataset_stats(samples, pre: Preprocess, limits: LoadLimits, max_images: int 
 
 
 def first_images(dataset: ImageDataset, pre: Preprocess, n: int = 5000) -> torch.Tensor:
-    """Up to ``n`` training images, un-augmented and normalized: (n, 3, S, S) float32."""
-    batches = list(_plain_batches(dataset.samples[:n], pre, dataset.limits, 500))
+    """Up to ``n`` training images spread evenly over the (class-sorted) samples, so every
+    class is in them; un-augmented and normalized: (n, 3, S, S) float32."""
+    every = dataset.samples[:: max(1, len(dataset.samples) // n)][:n]
+    batches = list(_plain_batches(every, pre, dataset.limits, 500))
     return to_model_input(torch.cat(batches), pre)
 
 

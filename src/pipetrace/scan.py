@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .index import INDEX_NAME
 from .text import safe_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -133,6 +134,8 @@ def scan_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     aliases = {e.name for e in folders if e.is_symlink() and os.path.realpath(e.path) in plain}
     found = sorted(e.name for e in folders if e.name not in aliases)
     for e in os.scandir(root):
+        if e.name == INDEX_NAME:  # pipetrace's own dataset index (index.py): not a stray file
+            continue
         if is_hidden_or_junk(e.name):
             ignored.append((e.path, "hidden or system file/folder"))
         elif e.name in aliases:
@@ -195,7 +198,8 @@ def find_splits(root: str | os.PathLike) -> DatasetSplits:
     used = {"train", *present}
     beside = [(e.path, "hidden or system file/folder" if is_hidden_or_junk(e.name)
                else "beside the split folders (train/, val/ or test/)")
-              for e in sorted(os.scandir(root), key=lambda e: e.name) if e.name not in used]
+              for e in sorted(os.scandir(root), key=lambda e: e.name)
+              if e.name not in used and e.name != INDEX_NAME]
     if not scans:
         return DatasetSplits(str(root), train, None, "train", beside=beside)
     (name, val), *more = scans

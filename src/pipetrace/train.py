@@ -41,7 +41,7 @@ from .errors import Predictions, analyse
 from .finetune import FreezePlan, plan_freeze
 from .model import ModelConfig, build_model, count_parameters, head_keys
 from .observations import observe
-from .optim import build_optimizer, resume_schedule
+from .optim import Lookahead, build_optimizer, resume_schedule
 from .prepare import (
     DatasetRefused,
     DataSetup,
@@ -172,6 +172,7 @@ class _Loop:
     augment: BatchAugment
     step_reached: int = 0  # steps finished in the current epoch (where a Ctrl-C landed)
     eval_modules: tuple[nn.Module, ...] = ()  # kept in eval mode while training (frozen BN)
+    lookahead: Lookahead | None = None  # the weights' average the model is pulled back to
 
 
 def _autocast(loop: _Loop):
@@ -233,6 +234,8 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
         t_step = time.perf_counter()
         loss, logits = train_step(loop, x, y)
         loop.sched.step()
+        if loop.lookahead is not None:
+            loop.lookahead.step(step0 + step + 1)
         if tracer is not None:
             step_rec = step_record(x, logits, loss, time.perf_counter() - t_step, loop.model,
                                    loop.opt, order=tracer.order)
@@ -247,6 +250,8 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
             for o in observers:
                 o.on_batch_end(epoch, step + 1, steps, float(loss.detach()), rate)
         t_data = time.perf_counter()
+    if loop.lookahead is not None:
+        loop.lookahead.end_epoch()  # evaluated and saved: the average
     mine = RankRecord.measure(dist, int(sums.count), time.perf_counter() - t0, data_time)
     loss, acc, n = sums.reduce(dist)
     seconds = time.perf_counter() - t0
@@ -256,10 +261,14 @@ def train_one_epoch(loop: _Loop, loader, *, epoch: int, seed: int, probe: BatchP
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, channels_last=True,
-             tta: bool = False, num_classes: int, dist: DistInfo = DistInfo()) -> dict:
+             tta: bool = False, tta_shift: int = 0, num_classes: int,
+             dist: DistInfo = DistInfo()) -> dict:
     """Loss, accuracy and confusion matrix over the whole validation set (all ranks), and
     each image's probabilities and loss (``per_image``: dataset indices, (N, C) probabilities,
-    (N,) losses, in dataset order, every rank's images) for the error analysis."""
+    (N,) losses, in dataset order, every rank's images) for the error analysis.
+
+    ``tta``: logits averaged over the image and its mirror; ``tta_shift``: half the weight
+    goes to the views translated by that many pixels up-left and down-right (airbench)."""
     model.eval()
     sums = _Sums.zeros(device)
     rows = []
@@ -273,9 +282,7 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
         x = to_model_input(batch.images, pre, device=device, channels_last=channels_last)
         y = batch.labels.to(device, non_blocking=True)
         with ctx:
-            logits = model(x).float()
-            if tta:
-                logits = 0.5 * (logits + model(x.flip(-1)).float())
+            logits = tta_logits(model, x, flip=tta, shift=tta_shift)
         losses = nn.functional.cross_entropy(logits, y, reduction="none")
         sums.add(losses.mean(), logits, y)
         confusion += torch.bincount(y * num_classes + logits.argmax(1),
@@ -287,6 +294,23 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
     return {"loss": loss, "acc": acc, "count": n, "bad": bad,
             "confusion": confusion.view(num_classes, num_classes).cpu().tolist(),
             "per_image": _in_dataset_order(gather_objects(rows, dist), num_classes)}
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, *, flip: bool, shift: int) -> torch.Tensor:
+    """(N, classes) float32 logits of ``x``, averaged over its test-time views: the image (and
+    its mirror, ``flip``); with ``shift``, half the weight on the image translated by
+    ``shift`` pixels up-left and down-right (reflect padding), each with its mirror."""
+    def view(v: torch.Tensor) -> torch.Tensor:
+        logits = model(v).float()
+        return 0.5 * (logits + model(v.flip(-1)).float()) if flip else logits
+
+    logits = view(x)
+    if shift:
+        h, w = x.shape[-2:]
+        padded = nn.functional.pad(x, (shift,) * 4, mode="reflect")
+        moved = (view(padded[..., :h, :w]) + view(padded[..., 2 * shift:, 2 * shift:])) / 2
+        logits = 0.5 * (logits + moved)
+    return logits
 
 
 def _in_dataset_order(rows_per_rank: list[list], num_classes: int
@@ -375,6 +399,10 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
                                  pretrained=pretrained)
     base_group = base_lr_group(opt, cfg.lr)  # the lr column shows this group's rate
     loop = make_loop(cfg, net, opt, sched, device, amp, pre)
+    if cfg.lookahead_from is not None:
+        loop.lookahead = Lookahead(model, start_epoch=cfg.lookahead_from,
+                                   total_steps=steps_per_epoch * cfg.epochs,
+                                   decay=cfg.lookahead_decay)
     records: list[EpochRecord] = []
     start_epoch, best_acc = 0, -1.0
     if state:
@@ -420,6 +448,10 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
             if freeze.frozen_at(epoch) != phase:
                 phase = freeze.frozen_at(epoch)
                 enter_phase(loop, freeze, phase, model, device, dist)
+            if cfg.stem_bias_epochs is not None and epoch in (start_epoch, cfg.stem_bias_epochs):
+                freeze_stem_bias(loop, model, epoch >= cfg.stem_bias_epochs, device, dist)
+            if loop.lookahead is not None:
+                loop.lookahead.start(epoch)
             train_loader.generator.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank))
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
@@ -431,6 +463,7 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
                 broadcast_buffers(model, dist)  # every shard judged by the model rank 0 saves
                 ev = evaluate(model, val_loader, pre, device=device, amp=amp,
                               channels_last=cfg.channels_last, tta=cfg.tta,
+                              tta_shift=cfg.tta_shift if epoch == cfg.epochs - 1 else 0,
                               num_classes=len(classes), dist=dist)
             confusion = ev["confusion"]
             last_eval = ev.get("per_image", last_eval)
@@ -584,6 +617,19 @@ def enter_phase(loop: _Loop, freeze: FreezePlan, frozen: bool, model: nn.Module,
     freeze.apply(frozen)
     loop.eval_modules = freeze.norms if frozen else ()
     if dist.enabled and freeze.params:
+        loop.model = _ddp(model, device)
+
+
+def freeze_stem_bias(loop: _Loop, model: nn.Module, frozen: bool, device: torch.device,
+                     dist: DistInfo) -> None:
+    """cifarnet: stop (or go on) training the whitening stem's bias (its weights never train);
+    with the stem frozen, the backward pass ends at the first block. Under torchrun the model
+    is wrapped again (DDP registers the parameters that need gradients when it wraps)."""
+    stem = getattr(model, "stem", None)
+    if stem is None or stem.bias is None or stem.bias.requires_grad == (not frozen):
+        return
+    stem.bias.requires_grad_(not frozen)
+    if dist.enabled:
         loop.model = _ddp(model, device)
 
 

@@ -119,6 +119,8 @@ def add_check(c) -> None:
     c.add_argument("--fast", action="store_true",
                    help="decode once, as training does (skips the strict second decode)")
     c.add_argument("--max-paths", type=int, default=5, help="files listed per finding")
+    c.add_argument("--no-index", action="store_true",
+                   help="read every file again, without the dataset index (index.py)")
     c.add_argument("--max-image-pixels", type=int, default=LoadLimits().max_pixels,
                    help="refuse larger images from the header (default: %(default)s)")
     c.set_defaults(func=cmd_check)
@@ -132,7 +134,8 @@ def cmd_check(args) -> int:
     from ..report import terminal as term
     from ..report.dataset import print_dataset_report
 
-    cfg = CheckConfig(limits=LoadLimits(max_pixels=args.max_image_pixels), strict=not args.fast)
+    cfg = CheckConfig(limits=LoadLimits(max_pixels=args.max_image_pixels), strict=not args.fast,
+                      index=not args.no_index)
     report = check_dataset(args.data, cfg)
     try:
         if args.json:

@@ -396,6 +396,10 @@ class TerminalObserver(Observer):
             + (f" x {processes(info['dist'].world_size)} = "
                f"{cfg.batch_size * info['dist'].world_size} global ({info['dist'].backend})"
                if info["dist"].enabled else ""))
+        if (index := ds.get("index") or {}).get("path"):
+            self.console.print(f"Dataset index {clean(index['path'])}: {index['known']:,} "
+                               f"answers from it, {index['checked']:,} files read",
+                               markup=False)
         if info.get("weights") is not None:
             self.console.print(weights_line(info["weights"]), markup=False)
         if info.get("freeze_epochs"):

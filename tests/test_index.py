@@ -1,0 +1,171 @@
+"""The dataset index (index.py): answers for unchanged files, per-file invalidation, safe
+concurrent builders, the cache folder for read-only datasets, and its use by train and check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipetrace import index as index_mod
+from pipetrace.config import TrainConfig
+from pipetrace.doctor import CheckConfig, check_dataset
+from pipetrace.images import ImageLoadError, LoadLimits, check_file
+from pipetrace.index import INDEX_NAME, DatasetIndex
+from pipetrace.prepare import prepare_data
+from pipetrace.scan import find_splits
+
+OLD = 1_600_000_000  # seconds: file times well outside the index's "racy" window
+
+
+def make_tree(root: Path, per_class: int = 12, size: int = 16) -> list[Path]:
+    paths = []
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.random.default_rng(i + 100 * (c == "dog")).integers(0, 256, (size, size, 3),
+                                                                         dtype=np.uint8)
+            p = root / c / f"{i:02d}.jpg"
+            cv2.imwrite(str(p), img)
+            paths.append(p)
+    (root / "cat" / "page.jpg").write_text("<html>not a picture</html>")
+    for p in root.rglob("*.jpg"):
+        os.utime(p, (OLD, OLD))
+    return paths
+
+
+def test_second_run_answers_from_the_index_and_a_touched_file_is_read_again(tmp_path):
+    paths = make_tree(tmp_path / "d")
+    cfg = TrainConfig(data=str(tmp_path / "d"), image_size=16)
+    first = prepare_data(cfg)
+    assert first.info["index"]["checked"] == 25 and first.info["index"]["known"] == 0
+    assert Path(first.info["index"]["path"]) == tmp_path / "d" / INDEX_NAME
+    second = prepare_data(cfg)
+    assert second.info["index"]["checked"] == 0
+    assert second.bad_files == first.bad_files  # the unreadable file, from its kept reason
+    assert [r[:3] for r in second.train_set.refs] == [r[:3] for r in first.train_set.refs]
+    # one file rewritten with other bytes (a new size and time): only it is read again
+    img = np.zeros((20, 24, 3), np.uint8)
+    cv2.imwrite(str(paths[3]), img)
+    os.utime(paths[3], (OLD + 10, OLD + 10))
+    third = prepare_data(cfg)
+    assert third.info["index"]["checked"] == 1
+    ref = next(r for r in third.train_set.refs + third.val_set.refs if r.path == str(paths[3]))
+    assert ref.header == ("jpeg", 24, 20)  # what the file holds now, not the kept entry
+
+
+def test_limits_are_judged_from_the_kept_facts(tmp_path):
+    make_tree(tmp_path / "d")
+    prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    index = DatasetIndex.open(tmp_path / "d")
+    path = str(tmp_path / "d" / "dog" / "00.jpg")
+    with pytest.raises(ImageLoadError) as err:
+        index.checked(path, LoadLimits(max_pixels=100))
+    assert index.known == 1 and index.learnt == 0  # refused without reading the file
+    with pytest.raises(ImageLoadError) as direct:
+        check_file(path, LoadLimits(max_pixels=100))
+    assert str(err.value) == str(direct.value)
+
+
+def test_the_index_is_not_listed_by_the_scan_and_can_be_turned_off(tmp_path):
+    make_tree(tmp_path / "d")
+    before = find_splits(tmp_path / "d")
+    prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    assert (tmp_path / "d" / INDEX_NAME).is_file()
+    after = find_splits(tmp_path / "d")
+    assert after.train.ignored == before.train.ignored and after.beside == before.beside
+    (tmp_path / "d" / INDEX_NAME).unlink()
+    off = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16, dataset_index=False))
+    assert not (tmp_path / "d" / INDEX_NAME).exists() and off.info["index"]["path"] is None
+
+
+def test_a_damaged_index_is_ignored_and_replaced(tmp_path):
+    make_tree(tmp_path / "d")
+    (tmp_path / "d" / INDEX_NAME).write_text('{"format": "pipetrace-index", "version": 1, "fi')
+    setup = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    assert setup.info["index"]["checked"] == 25
+    doc = json.loads((tmp_path / "d" / INDEX_NAME).read_text())
+    assert len(doc["files"]) == 25
+
+
+def test_an_unwritable_dataset_keeps_its_index_in_the_user_cache(tmp_path, monkeypatch):
+    make_tree(tmp_path / "d")
+    cache = tmp_path / "cache"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, so nothing can be written under it")
+    monkeypatch.setattr(index_mod, "cache_dir", lambda: cache)
+    real = index_mod.locations
+    monkeypatch.setattr(index_mod, "locations",
+                        lambda root: (blocked / INDEX_NAME, real(root)[1]))
+    setup = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    where = Path(setup.info["index"]["path"])
+    assert where.parent == cache and where.is_file()
+    again = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    assert again.info["index"]["checked"] == 0 and Path(again.info["index"]["path"]) == where
+
+
+def test_racy_files_are_not_kept(tmp_path):
+    paths = make_tree(tmp_path / "d")
+    os.utime(paths[0])  # modified just now: its stamp may not change with its next write
+    prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    files = json.loads((tmp_path / "d" / INDEX_NAME).read_text())["files"]
+    assert os.path.relpath(paths[0], tmp_path / "d") not in files and len(files) == 24
+
+
+BUILD = """
+import sys
+from pipetrace.index import DatasetIndex
+from pipetrace.images import ImageLoadError
+root, paths = sys.argv[1], sys.argv[2:]
+index = DatasetIndex.open(root)
+for p in paths:
+    try:
+        index.checked(p)
+    except ImageLoadError:
+        pass
+index.save()
+"""
+
+
+def test_two_builders_at_once_leave_a_whole_index_with_both_their_files(tmp_path):
+    paths = [str(p) for p in make_tree(tmp_path / "d", per_class=20)]
+    halves = (paths[::2], paths[1::2])
+    procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(tmp_path / "d"), *half])
+             for half in halves]
+    seen = 0
+    while any(p.poll() is None for p in procs):  # a reader never sees half a file
+        if (tmp_path / "d" / INDEX_NAME).exists():
+            doc = json.loads((tmp_path / "d" / INDEX_NAME).read_text())
+            assert doc["format"] == "pipetrace-index"
+            seen += 1
+        time.sleep(0.005)
+    assert [p.returncode for p in procs] == [0, 0]
+    files = json.loads((tmp_path / "d" / INDEX_NAME).read_text())["files"]
+    # the second writer merged what the first had written: every file is there
+    assert sorted(files) == sorted(os.path.relpath(p, tmp_path / "d") for p in paths)
+    assert not [p for p in (tmp_path / "d").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_check_reads_only_what_changed(tmp_path):
+    paths = make_tree(tmp_path / "d")
+    first = check_dataset(tmp_path / "d", CheckConfig())
+    assert first.index["checked"] == 25
+    second = check_dataset(tmp_path / "d", CheckConfig())
+    assert second.index == {**first.index, "known": 25, "checked": 0}
+    assert second.files == first.files and second.findings == first.findings
+    cv2.imwrite(str(paths[5]), np.full((16, 16, 3), 7, np.uint8))
+    os.utime(paths[5], (OLD + 5, OLD + 5))
+    third = check_dataset(tmp_path / "d", CheckConfig())
+    assert third.index["checked"] == 1
+    rec = next(f for f in third.files if f.path == str(paths[5]))
+    assert rec.colours == 1  # the new, flat picture: read again, not the kept record
+    # other settings, other records: --fast does not reuse the strict pass's verdicts
+    fast = check_dataset(tmp_path / "d", CheckConfig(strict=False))
+    assert fast.index["checked"] == 25
