@@ -1,6 +1,6 @@
 """Loader throughput: pipetrace's fast and classic loaders against torchvision, same run.
 
-    python bench/loader.py [DATA_DIR]        (make bench-loader)
+    python bench/loader.py [DATA_DIR] [--only=cifar|photos]        (make bench-loader)
 
 DATA_DIR holds cifar10/ and hymenoptera/ (default: ../shared/data unpacked into
 ~/.cache/pipetrace-data). Each row: images/s through a DataLoader (median and min-max of 5
@@ -11,7 +11,11 @@ files, or the 245 photos 4 times. Anchors, on the same files:
   the photos) - what most tutorials run;
 * torchvision's own fastest path: ``torchvision.io.decode_image`` + v2 transforms on
   uint8 tensors;
-* the bare decode loop: read bytes + ``cv2.imdecode``, nothing else (the ceiling).
+* the bare decode loop: read bytes + ``cv2.imdecode``, nothing else, through a DataLoader;
+* two ceilings, in as many processes as the loader uses (the main one for 0 workers, 2
+  forked processes for 2) that each take a share of the files and send nothing back: read +
+  ``cv2.imdecode`` only, and read + decode + torchvision's antialiased uint8 resize and
+  centre crop to the final size (the work the fast path cannot skip at its fidelity).
 
 Every loader runs under the same settings: the main process uses 1 torch thread when
 workers > 0, each worker one thread (`pipetrace.data.worker_init`), prefetch factor 4.
@@ -19,7 +23,9 @@ workers > 0, each worker one thread (`pipetrace.data.worker_init`), prefetch fac
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -39,7 +45,7 @@ from pipetrace.data import (
     worker_init,
 )
 from pipetrace.scan import scan_image_folder
-from pipetrace.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from pipetrace.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess, hwc_to_chw, is_final_size
 
 
 class DecodeImageDataset(Dataset):
@@ -74,6 +80,43 @@ class BareDecode(Dataset):
         with open(self.samples[i][0], "rb") as f:
             data = f.read()
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[0]
+
+
+def ceiling_work(samples, pre: Preprocess, resize: bool) -> int:
+    """Read + decode (+ resize/crop to the final size) each file; nothing kept or returned."""
+    size = [pre.resize_size]
+    for path, _ in samples:
+        with open(path, "rb") as f:
+            bgr = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_COLOR)
+        if resize and not is_final_size(bgr.shape[0], bgr.shape[1], pre):
+            chw = v2.functional.resize_image(hwc_to_chw(bgr), size, antialias=True)
+            v2.functional.center_crop_image(chw, [pre.size, pre.size])
+    return len(samples)
+
+
+def _ceiling_process(samples, pre, resize) -> None:
+    worker_init(0)  # one thread each, as a DataLoader worker
+    ceiling_work(samples, pre, resize)
+
+
+def ceiling_rate(samples, pre: Preprocess, workers: int, resize: bool) -> float:
+    """Images/s of :func:`ceiling_work` in ``max(1, workers)`` processes (forked, as the
+    DataLoader's workers are, each with its share of the files; process start included)."""
+    t0 = time.perf_counter()
+    if workers == 0:
+        ceiling_work(samples, pre, resize)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=_ceiling_process, args=(samples[i::workers], pre, resize))
+                 for i in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    return len(samples) / (time.perf_counter() - t0)
+
+
+CEILINGS = {"ceiling: read+decode": False, "ceiling: read+decode+resize/crop": True}
 
 
 def image_folder(root, pre: Preprocess):
@@ -133,6 +176,12 @@ def run_dataset(label: str, root, pre: Preprocess, limit: int | None, passes: in
                              "workers": workers, "images_per_s": r})
                 print(f"{label:<22} w={workers} b={batch:<3} {name:<28} {fmt(r)} img/s",
                       flush=True)
+            for name, resize in CEILINGS.items():
+                r = repeat(lambda rz=resize, w=workers: ceiling_rate(samples, pre, w, rz))
+                rows.append({"dataset": label, "loader": name, "batch": batch,
+                             "workers": workers, "images_per_s": r})
+                print(f"{label:<22} w={workers} b={batch:<3} {name:<28} {fmt(r)} img/s",
+                      flush=True)
     return rows
 
 
@@ -144,23 +193,27 @@ def ratios(rows: list[dict]) -> list[dict]:
         if name != "pipetrace fast":
             continue
         for anchor in ("torchvision ImageFolder", "torchvision decode_image+v2",
-                       "bare read+cv2.imdecode"):
+                       "bare read+cv2.imdecode", *CEILINGS):
             out.append({"dataset": ds, "batch": b, "workers": w, "anchor": anchor,
                         "ratio": v / keyed[(ds, b, w, anchor)]})
     return out
 
 
 def main(argv: list[str]) -> None:
-    cifar = data_dir(argv, "cifar10")
-    photos = data_dir(argv, "hymenoptera")
-    # half of CIFAR-10's training set per timed run (1-4 s): starting the workers, which
-    # every epoch does, is then a small part of it, as in an epoch of 50,000
-    rows = run_dataset("CIFAR-10 train (32px)", cifar / "train", Preprocess(size=32, crop_pct=1.0),
-                       limit=25_000)
-    # 245 photos take ~0.4 s at 2 workers, of which starting the workers is a fixed part:
-    # four passes over them, like four epochs, measure the steady rate (all loaders alike)
-    rows += run_dataset("photos (224, crop)", photos / "train", Preprocess(size=224), limit=None,
-                        passes=4)
+    only = next((a.split("=", 1)[1] for a in argv if a.startswith("--only=")), None)
+    argv = [a for a in argv if not a.startswith("--only=")]
+    rows = []
+    if only in (None, "cifar"):
+        # half of CIFAR-10's training set per timed run (1-4 s): starting the workers, which
+        # every epoch does, is then a small part of it, as in an epoch of 50,000
+        rows += run_dataset("CIFAR-10 train (32px)", data_dir(argv, "cifar10") / "train",
+                            Preprocess(size=32, crop_pct=1.0), limit=25_000)
+    if only in (None, "photos"):
+        # 245 photos take ~0.4 s at 2 workers, of which starting the workers is a fixed
+        # part: four passes over them, like four epochs, measure the steady rate (all
+        # loaders alike)
+        rows += run_dataset("photos (224, crop)", data_dir(argv, "hymenoptera") / "train",
+                            Preprocess(size=224), limit=None, passes=4)
     rs = ratios(rows)
     print("\nratio of pipetrace fast to each anchor (median images/s):")
     for r in rs:

@@ -1,5 +1,6 @@
 """Stage 4: batches of N x 3 x H x W, bad files skipped and listed, splits seeded."""
 
+import cv2
 import torch
 
 from pipetrace.data import (
@@ -97,3 +98,32 @@ def test_batch_crosses_processes_whole():
     assert got.labels.tolist() == [2, 0, 1] and got.labels.dtype == torch.int64
     assert got.indices.tolist() == [7, 8, 9] and got.bad == [(4, "bad.jpg: why")]
     assert len(got) == 3
+
+
+def test_decoding_where_the_model_is_gives_the_fast_batches(tmp_path):
+    """--decode-on-device: workers send the JPEG bytes, the batch is decoded, resized and
+    cropped by torchvision where the model is (the CPU here; nvJPEG on a GPU): the same
+    model input as the fast loader's within 2 grey levels; a PNG is skipped with its reason."""
+    from pipetrace.data import check_files
+    from pipetrace.pipeline import device_decode_pipeline
+    from tests.conftest import coloured_image, write_image
+
+    for i in range(6):
+        write_image(tmp_path / "a" / f"{i}.jpg", coloured_image(60 + 4 * i, 50, seed=i),
+                    (cv2.IMWRITE_JPEG_QUALITY, 95))
+    write_image(tmp_path / "a" / "z.png", coloured_image(40, 40))
+    pre = Preprocess(size=32)
+    samples, _, checked = check_files([(str(p), 0) for p in sorted((tmp_path / "a").iterdir())])
+    out = {}
+    for name, pipeline in (("fast", None), ("device", device_decode_pipeline(pre))):
+        ds = ImageDataset(samples, pre, checked=checked, pipeline=pipeline)
+        for workers in (0, 2):
+            batch = next(iter(make_loader(ds, LoaderConfig(batch_size=7, workers=workers),
+                                          shuffle=False)))
+            out[name, workers] = (to_model_input(batch.images, pre), batch.bad)
+    assert out["device", 0][0].shape == (6, 3, 32, 32)
+    assert torch.equal(out["device", 0][0], out["device", 2][0])
+    assert out["fast", 0][1] == [] and len(out["fast", 0][0]) == 7  # the fast path reads PNGs
+    assert (out["device", 0][0] - out["fast", 0][0][:6]).abs().max() <= 2 / 255 / 0.224
+    [(index, reason)] = out["device", 0][1]
+    assert samples[index][0].endswith("z.png") and "JPEG files only" in reason

@@ -209,6 +209,9 @@ class TrainConfig:
                          choices=("auto", "imagenet", "dataset"))
     loader: str = setting("fast", "the loader (fast: uint8 and a batch-level normalize; "
                           "classic: the seed's per-image PIL chain)", choices=LOADER_CHOICES)
+    decode_on_device: bool = setting(False, "fast loader: workers only read the JPEG files and "
+                                     "whole batches are decoded, resized and cropped where the "
+                                     "model is (torchvision.io.decode_jpeg: nvJPEG on a GPU)")
     tta: bool = setting(False, "evaluate on the image and its mirror, average the logits")
     tta_shift: int = setting(0, "the last epoch's evaluation also averages the views "
                              "translated by this many pixels up-left and down-right, at half "

@@ -265,7 +265,7 @@ def to_model_input(images: torch.Tensor, pre: Preprocess, *, device: torch.devic
     """
     fast = images.dtype == torch.uint8 if fast is None else fast
     stages = batch_stages(pre, uint8=fast, device=device, channels_last=channels_last,
-                          augment=augment)
+                          augment=augment, encoded=fast and images.ndim == 2)
     return run_batch(stages, images, generator, observer)
 
 

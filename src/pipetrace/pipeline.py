@@ -38,7 +38,15 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from .images import NO_SUCH_FILE, ImageLoadError, LoadLimits, decode_bgr, read_file, rgb_to_pil
+from .images import (
+    NO_SUCH_FILE,
+    ImageLoadError,
+    LoadLimits,
+    check_header,
+    decode_bgr,
+    read_file,
+    rgb_to_pil,
+)
 from .transforms import (
     BatchAugment,
     Preprocess,
@@ -165,11 +173,24 @@ class ResizeCrop:
     def __init__(self, pre: Preprocess, transform: v2.Compose):
         self.pre = pre
         self.transform = transform
+        # Resize + CenterCrop run as torchvision's kernels (v2.functional) on the plain
+        # tensor: the same bytes without the transform objects' dispatch, which cost about
+        # as much as the crop on a photo (random crops keep the objects: they draw).
+        steps = transform.transforms
+        self.kernels = (steps[0], steps[1]) if (
+            len(steps) == 2 and type(steps[0]) is v2.Resize
+            and type(steps[1]) is v2.CenterCrop) else None
 
     def __call__(self, hwc: np.ndarray) -> np.ndarray:
         if is_final_size(hwc.shape[0], hwc.shape[1], self.pre):
             return hwc
-        return self.transform(hwc_to_chw(hwc)).permute(1, 2, 0).numpy()
+        if self.kernels is None:
+            return self.transform(hwc_to_chw(hwc)).permute(1, 2, 0).numpy()
+        resize, crop = self.kernels
+        chw = v2.functional.resize_image(hwc_to_chw(hwc), resize.size,
+                                         interpolation=resize.interpolation,
+                                         antialias=resize.antialias)
+        return v2.functional.center_crop_image(chw, crop.size).permute(1, 2, 0).numpy()
 
     def __repr__(self) -> str:
         steps = " -> ".join(map(repr, self.transform.transforms))
@@ -254,6 +275,86 @@ def fast_pipeline(pre: Preprocess, *, train: bool = False, augment: str = "none"
               "(H, W, 3) uint8", "(size, size, 3) uint8"),
     ), Stage("BGR to RGB, into the batch", 2, "OpenCV", BGRToRGB(), "(size, size, 3) uint8 BGR",
              "its slot of the (N, size, size, 3) uint8 RGB batch", swaps_channels=True))
+
+
+def device_decode_pipeline(pre: Preprocess, *, limits: LoadLimits = LoadLimits()) -> Pipeline:
+    """The fast path with the JPEG decode moved to where the model is: a worker reads each
+    file and checks its header; the bytes go into the batch, and the batch stages decode
+    them all at once (``torchvision.io.decode_jpeg``, nvJPEG on a GPU), resize and crop
+    there (:func:`batch_stages` with ``encoded=True``). JPEG files only: another format is
+    skipped as unreadable, with that reason. Training augmentation is the batch-level
+    kind (flips, translations), as on the fast path."""
+    return Pipeline("fast+device-decode", (
+        Stage("Read file", 1, "Python", ReadFile(), "file path", "bytes"),
+        Stage("Check JPEG header", 1, "pipetrace", JpegBytes(limits), "bytes",
+              "(L,) uint8 JPEG bytes"),
+    ), Stage("Bytes into the batch", 4, "PyTorch", IntoRow(), "(L,) uint8 JPEG bytes",
+             "its row of the (N, 8 + max L) uint8 batch of encoded files"))
+
+
+class JpegBytes:
+    """Encoded -> (L,) uint8 array of a JPEG's bytes, its header checked (nothing decoded)."""
+
+    def __init__(self, limits: LoadLimits):
+        self.limits = limits
+
+    def __call__(self, enc: Encoded) -> np.ndarray:
+        fmt, _, _ = enc.header or check_header(enc.data, enc.path, self.limits)
+        if fmt != "jpeg":
+            raise ImageLoadError(enc.path, f"a {fmt.upper()} file: decoding on the device reads "
+                                 "JPEG files only (without --decode-on-device every format "
+                                 "is read)")
+        return np.frombuffer(enc.data, np.uint8)
+
+    def __repr__(self) -> str:
+        return "images.check_header (JPEG only; limits, end marker)"
+
+
+class IntoRow:
+    """One file's bytes into its row of an :class:`EncodedRows` batch buffer."""
+
+    def __call__(self, x: np.ndarray, out: _Row) -> None:
+        out.put(x)
+
+    def __repr__(self) -> str:
+        return "bytes into the batch (length first, zero-padded rows)"
+
+
+class _Row(NamedTuple):
+    rows: EncodedRows
+    i: int
+
+    def put(self, x: np.ndarray) -> None:
+        self.rows.items[self.i] = x
+
+
+class EncodedRows:
+    """A batch buffer of encoded files of different lengths; as a tensor (``pack``) each row
+    is the file's length (8 bytes, little-endian int64), its bytes, then zeros."""
+
+    def __init__(self, n: int):
+        self.items: list[np.ndarray | None] = [None] * n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            out = EncodedRows(0)
+            out.items = self.items[i]
+            return out
+        return _Row(self, i)
+
+    def pack(self) -> torch.Tensor:
+        width = 8 + max((len(x) for x in self.items), default=0)
+        rows = np.zeros((len(self.items), width), np.uint8)
+        for row, x in zip(rows, self.items, strict=True):
+            row[:8] = np.frombuffer(np.int64(len(x)).tobytes(), np.uint8)
+            row[8:8 + len(x)] = x
+        return torch.from_numpy(rows)
+
+
+def unpack_rows(rows: torch.Tensor) -> list[torch.Tensor]:
+    """(N, 8 + L) uint8 rows of :meth:`EncodedRows.pack` -> N 1-D uint8 tensors (views)."""
+    lengths = rows[:, :8].contiguous().view(torch.int64).flatten().tolist()
+    return [rows[i, 8:8 + n] for i, n in enumerate(lengths)]
 
 
 # Transforms of these libraries keep the colour order, except the ones named here.
@@ -354,7 +455,10 @@ def run_image(stages: Sequence[Stage], x, observer=None):
 
 
 def new_buffer(n: int, like):
-    """An empty batch buffer for ``n`` items shaped and typed like ``like`` (NumPy or torch)."""
+    """An empty batch buffer for ``n`` items shaped and typed like ``like`` (NumPy or torch);
+    for encoded files (1-D uint8 arrays) an :class:`EncodedRows`."""
+    if isinstance(like, np.ndarray) and like.ndim == 1:
+        return EncodedRows(n)
     if isinstance(like, np.ndarray):
         return np.empty((n, *like.shape), like.dtype)
     like = torch.as_tensor(like)
@@ -362,7 +466,10 @@ def new_buffer(n: int, like):
 
 
 def batch_tensor(buf) -> torch.Tensor:
-    """The batch buffer as a tensor: an NHWC uint8 array becomes an (N, 3, H, W) view."""
+    """The batch buffer as a tensor: an NHWC uint8 array becomes an (N, 3, H, W) view;
+    encoded files become (N, 8 + max length) uint8 rows."""
+    if isinstance(buf, EncodedRows):
+        return buf.pack()
     if isinstance(buf, np.ndarray):
         t = torch.from_numpy(buf)
         return t.permute(0, 3, 1, 2) if t.ndim == 4 and t.shape[-1] in (1, 3) else t
@@ -408,6 +515,34 @@ class AugmentBatch:
         return f"random horizontal flip of half the batch{pad}"
 
 
+class DecodeOnDevice:
+    """(N, 8 + L) uint8 rows of JPEG files -> (N, 3, size, size) uint8 RGB on ``device``:
+    ``torchvision.io.decode_jpeg`` on the whole batch (nvJPEG on a GPU; EXIF orientation
+    applied, as OpenCV does), then torchvision's resize and centre crop there."""
+
+    def __init__(self, pre: Preprocess, device: torch.device | str):
+        self.pre, self.device = pre, torch.device(device)
+
+    def __call__(self, rows: torch.Tensor, generator=None) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        files = unpack_rows(rows)
+        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device,
+                             apply_exif_orientation=True)
+        size = [self.pre.size, self.pre.size]
+        return torch.stack([
+            img if is_final_size(img.shape[-2], img.shape[-1], self.pre) else
+            v2.functional.center_crop_image(v2.functional.resize_image(
+                img, [self.pre.resize_size], antialias=True,
+                interpolation=v2.InterpolationMode[self.pre.interpolation.upper()]), size)
+            for img in images])
+
+    def __repr__(self) -> str:
+        return (f"torchvision.io.decode_jpeg(batch, device={str(self.device)!r}) -> Resize("
+                f"{self.pre.resize_size}) -> CenterCrop({self.pre.size}) (none when already "
+                f"{self.pre.size} x {self.pre.size})")
+
+
 class ToFloat:
     def __init__(self, channels_last: bool):
         self.channels_last = channels_last
@@ -422,13 +557,19 @@ class ToFloat:
 
 @functools.lru_cache(maxsize=64)
 def batch_stages(pre: Preprocess, *, uint8: bool, device: torch.device | str = "cpu",
-                 channels_last: bool = False, augment: BatchAugment | None = None
-                 ) -> tuple[Stage, ...]:
-    """The stages that run on a whole batch where the model is (uint8 batch: fast path).
+                 channels_last: bool = False, augment: BatchAugment | None = None,
+                 encoded: bool = False) -> tuple[Stage, ...]:
+    """The stages that run on a whole batch where the model is (uint8 batch: fast path;
+    ``encoded``: rows of JPEG files, :func:`device_decode_pipeline`).
 
     Built once per contract, device and options (this is called for every batch)."""
-    stages = [Stage("To device", 4, "PyTorch", ToDevice(device), "(N, 3, H, W) batch",
-                    "the same batch on the model's device")]
+    if encoded:
+        stages = [Stage("Decode + resize on the device", 1, "torchvision",
+                        DecodeOnDevice(pre, device), "(N, 8 + L) uint8 JPEG files",
+                        "(N, 3, size, size) uint8 RGB on the model's device")]
+    else:
+        stages = [Stage("To device", 4, "PyTorch", ToDevice(device), "(N, 3, H, W) batch",
+                        "the same batch on the model's device")]
     if uint8:  # cross as uint8 (4x fewer bytes), then convert and normalize there
         stages.append(Stage("Normalize batch", 3, "PyTorch", NormalizeBatch(pre, channels_last),
                             "(N, 3, H, W) uint8 0-255", "(N, 3, H, W) float32, normalized"))

@@ -30,6 +30,7 @@ from .data import (
     to_model_input,
 )
 from .doctor import quick_check
+from .pipeline import device_decode_pipeline
 from .files import sha256_file
 from .findings import Finding
 from .images import CheckedFile, LoadLimits
@@ -84,6 +85,10 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     ``preprocess``: the contract to use as it is (a resumed run's); otherwise it is made
     from ``cfg`` over ``expected``, the contract of the initial weights (:func:`run_contract`).
     """
+    if cfg.decode_on_device and (cfg.loader != "fast" or cfg.augment == "rrc"):
+        raise ValueError("decode_on_device (--decode-on-device) needs --loader fast and a "
+                         f"batch-level augmentation (none, flip, crop-flip), not --loader "
+                         f"{cfg.loader} --augment {cfg.augment}")
     splits = find_splits(cfg.data)
     classes = splits.train.classes
     train_samples = splits.train.samples
@@ -117,10 +122,12 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     make = dict(path=cfg.loader, limits=limits, on_bad_image=cfg.on_bad_image)
     if preprocess is None and cfg.stats == "dataset":
         pre = with_dataset_stats(pre, *dataset_stats(train_samples, pre, limits))
+    device_decode = device_decode_pipeline(pre, limits=limits) if cfg.decode_on_device else None
     train_set = ImageDataset(train_samples, pre, train=True, augment=cfg.augment,
-                             crop_pad=cfg.crop_pad, checked=train_checked, **make)
-    val_set = (ImageDataset(val_samples, pre, train=False, checked=val_checked, **make)
-               if val_samples else None)
+                             crop_pad=cfg.crop_pad, checked=train_checked,
+                             pipeline=device_decode, **make)
+    val_set = (ImageDataset(val_samples, pre, train=False, checked=val_checked,
+                            pipeline=device_decode, **make) if val_samples else None)
     info = {
         "root": str(cfg.data), "layout": splits.layout, "classes": len(classes),
         "train_images": len(train_samples), "val_images": len(val_samples),
