@@ -104,9 +104,10 @@ def test_decoding_where_the_model_is_gives_the_fast_batches(tmp_path):
     """--decode-on-device: workers send the JPEG bytes, the batch is decoded, resized and
     cropped by torchvision where the model is (the CPU here; nvJPEG on a GPU): the same
     model input as the fast loader's within 2 grey levels; a PNG is skipped with its reason."""
+    from tests.conftest import coloured_image, write_image
+
     from pipetrace.data import check_files
     from pipetrace.pipeline import device_decode_pipeline
-    from tests.conftest import coloured_image, write_image
 
     for i in range(6):
         write_image(tmp_path / "a" / f"{i}.jpg", coloured_image(60 + 4 * i, 50, seed=i),

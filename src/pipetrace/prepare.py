@@ -30,11 +30,11 @@ from .data import (
     to_model_input,
 )
 from .doctor import quick_check
-from .pipeline import device_decode_pipeline
 from .files import sha256_file
 from .findings import Finding
 from .images import CheckedFile, LoadLimits
 from .index import DatasetIndex
+from .pipeline import device_decode_pipeline
 from .scan import find_splits
 from .text import safe_text
 from .transforms import (
