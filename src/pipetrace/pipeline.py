@@ -327,6 +327,10 @@ class _Row(NamedTuple):
     def put(self, x: np.ndarray) -> None:
         self.rows.items[self.i] = x
 
+    def placed(self) -> np.ndarray:
+        """What the slot holds (the tracer summarizes this, not the slot object)."""
+        return self.rows.items[self.i]
+
 
 class EncodedRows:
     """A batch buffer of encoded files of different lengths; as a tensor (``pack``) each row

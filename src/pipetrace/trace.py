@@ -327,7 +327,8 @@ class StageTracer:
         """The placing stage: ``stage.fn(x, out)`` writes the image into its batch slot."""
         t0 = time.perf_counter()
         stage.fn(x, out)
-        self._add(stage, x, out, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._add(stage, x, out.placed() if hasattr(out, "placed") else out, seconds)
 
     def _add(self, stage: Stage, x, y, seconds: float) -> None:
         if isinstance(x, FileRef):
