@@ -32,15 +32,17 @@ class GalleryItem:
     gradcam_layer: str  # where the heat map was taken
 
 
-def error_gallery(lm: LoadedModel, errors: ErrorAnalysis, n: int = 8) -> list[GalleryItem]:
+def error_gallery(lm: LoadedModel, errors: ErrorAnalysis, classes: list[str], n: int = 8
+                  ) -> list[GalleryItem]:
     """The ``n`` highest-loss images: the model's input, the original file and Grad-CAM for
-    the class the model predicted (at the last feature map on the graph's path to the logits)."""
+    the class the model predicted (at the last feature map on the graph's path to the logits).
+    ``classes`` are the names the analysis used, in the model's output order."""
     items, target = [], None
     for e in errors.top_losses[:n]:
         x = lm.input_for(e.path)
         if target is None:  # one model, one graph: the same operation for every image
             target = gradcam_target(trace_ops(lm.model, x))
-        cam = grad_cam(lm.model, x, lm.classes.index(e.predicted), target)
+        cam = grad_cam(lm.model, x, classes.index(e.predicted), target)
         seen = chw_picture(x[0], lm.preprocess)
         items.append(GalleryItem(e, seen, thumbnail(np.asarray(load_pil(e.path))),
                                  heat_overlay(seen, cam), target.module or target.op))
@@ -55,15 +57,32 @@ class RunAnalysis:
     gallery: list[GalleryItem] = field(default_factory=list)  # the worst predictions
 
 
-def analyse_run(result: TrainResult, *, image: str | None, true_class: str | None = None,
-                gallery: int = 8) -> RunAnalysis:
-    """Load the run's model once; trace ``image`` and picture the worst predictions."""
+def first_validation_image(result: TrainResult) -> tuple[str | None, str | None]:
+    """(path, class) of the run's first validation image (else its first training image)."""
+    from .scan import find_splits
+
+    splits = find_splits(result.config.data)
+    scan = splits.val or splits.train
+    if not scan.samples:
+        return None, None
+    path, label = scan.samples[0]
+    return path, scan.classes[label]
+
+
+def analyse_run(result: TrainResult, *, image: str | None = "first",
+                true_class: str | None = None, gallery: int = 8) -> RunAnalysis:
+    """Trace ``image`` through the run's model (``"first"``: the first validation image;
+    None: none) and picture the ``gallery`` worst predictions. An interrupted run or one
+    without a checkpoint gets neither."""
     run = Path(result.run_dir)
-    if not (run / "last.pt").exists():
+    if result.stopped == "interrupted" or not (run / "last.pt").exists():
         return RunAnalysis()
+    if image == "first":
+        image, true_class = first_validation_image(result)
     prediction = (record_prediction(load_model(run), image, true_class=true_class)
                   if image is not None else None)  # the model the run serves: best.pt
     items = []
     if result.errors is not None and gallery:  # the model that made predictions.csv: last.pt
-        items = error_gallery(load_model(run / "last.pt"), result.errors, gallery)
+        items = error_gallery(load_model(run / "last.pt"), result.errors, result.classes,
+                              gallery)
     return RunAnalysis(prediction, items)
