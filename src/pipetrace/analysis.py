@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import ErrorAnalysis, ImageError
-from .explain import grad_cam, gradcam_target, heat_overlay
+from .explain import grad_cams, gradcam_target, heat_overlay
 from .images import load_pil
 from .ops import trace_ops
 from .predict import LoadedModel, PredictionRecord, load_model, record_prediction
@@ -37,13 +38,15 @@ def error_gallery(lm: LoadedModel, errors: ErrorAnalysis, classes: list[str], n:
     """The ``n`` highest-loss images: the model's input, the original file and Grad-CAM for
     the class the model predicted (at the last feature map on the graph's path to the logits).
     ``classes`` are the names the analysis used, in the model's output order."""
-    items, target = [], None
-    for e in errors.top_losses[:n]:
-        x = lm.input_for(e.path)
-        if target is None:  # one model, one graph: the same operation for every image
-            target = gradcam_target(trace_ops(lm.model, x))
-        cam = grad_cam(lm.model, x, classes.index(e.predicted), target)
-        seen = chw_picture(x[0], lm.preprocess)
+    worst = errors.top_losses[:n]
+    if not worst:
+        return []
+    x = torch.cat([lm.input_for(e.path) for e in worst])  # (n, 3, S, S), as in validation
+    target = gradcam_target(trace_ops(lm.model, x[:1]))  # one model, one graph, one target
+    cams = grad_cams(lm.model, x, [classes.index(e.predicted) for e in worst], target)
+    items = []
+    for e, xi, cam in zip(worst, x, cams, strict=True):
+        seen = chw_picture(xi, lm.preprocess)
         items.append(GalleryItem(e, seen, thumbnail(np.asarray(load_pil(e.path))),
                                  heat_overlay(seen, cam), target.module or target.op))
     return items
