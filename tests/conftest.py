@@ -131,6 +131,7 @@ def markup_runs(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
     """
     from dataclasses import replace
 
+    from pipetrace.analysis import analyse_run
     from pipetrace.checkpoint import load_checkpoint, save_checkpoint
     from pipetrace.report.build import write_run_report
     from pipetrace.shapes import ShapesConfig, render
@@ -146,13 +147,15 @@ def markup_runs(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
                       batch_size=8, image_size=64, crop_pct=1.0, amp="off")
     result = fit(cfg)
     assert IMG_CLASS in result.classes
-    write_run_report(result, image=str(image), command="train", true_class=IMG_CLASS)
+    write_run_report(result, analyse_run(result, image=str(image), true_class=IMG_CLASS),
+                     command="train")
 
     ckpt = load_checkpoint(base / "folder" / "last.pt")
     ckpt["classes"] = list(SCRIPT_CLASSES)
     (base / "checkpoint").mkdir()
     save_checkpoint(base / "checkpoint" / "last.pt", ckpt)
-    write_run_report(replace(result, run_dir=str(base / "checkpoint")), image=str(image),
-                     command="predict", true_class=SCRIPT_CLASSES[0])
+    other = replace(result, run_dir=str(base / "checkpoint"))
+    write_run_report(other, analyse_run(other, image=str(image), true_class=SCRIPT_CLASSES[0]),
+                     command="predict")
     return {"folder": (base / "folder", [IMG_CLASS]),
             "checkpoint": (base / "checkpoint", list(SCRIPT_CLASSES))}

@@ -2,6 +2,7 @@
 object (torchvision v1, v2, albumentations), shapes and ranges equal to what the dataset
 returns; a planted BGR swap in a user's dataset is found, real data raises no false alarm."""
 
+import os
 import textwrap
 
 import cv2
@@ -43,6 +44,7 @@ def test_imagefolder_with_a_v1_chain(photos):
     assert [s.operation for s in trace.flow.stages[1:]] == [repr(t) for t in chain.transforms]
     assert trace.flow.source == ds.samples[5][0]
     assert trace.flow.stages[0].output.channel_order == "RGB"  # PIL's loader, measured
+    assert trace.flow.stages[0].input.short() == f"file, {os.path.getsize(ds.samples[5][0]):,} bytes"
     assert_last_record_is_what_the_dataset_returns(trace, ds, 5)
     assert chain.transforms[0].__class__ is v1.Resize  # the originals are back in place
     assert trace.findings == []

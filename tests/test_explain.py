@@ -100,3 +100,22 @@ def test_resnet18_gradcam_weighs_the_relu_after_the_last_residual_add():
     assert trace.records[target.inputs[0] - 1].kind == "residual add"  # the ReLU's second call
     cam = grad_cam(model, x, 1)  # finds the same target itself
     assert np.array_equal(cam, grad_cam(model, x, 1, target)) and cam.std() > 0.05
+
+
+def test_batched_grad_cam_equals_one_image_at_a_time():
+    """The gallery's one-pass Grad-CAM gives each image the map it gets alone."""
+    import torch
+
+    from pipetrace.explain import grad_cam, grad_cams, gradcam_target
+    from pipetrace.model import ModelConfig, build_model
+    from pipetrace.ops import trace_ops
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("pipenet-tiny", 3)).eval()
+    x = torch.randn(4, 3, 64, 64)
+    target = gradcam_target(trace_ops(model, x[:1]))
+    classes = [0, 2, 1, 2]
+    together = grad_cams(model, x, classes, target)
+    for i, c in enumerate(classes):
+        alone = grad_cam(model, x[i:i + 1], c, target)
+        assert np.allclose(together[i], alone, atol=1e-5)

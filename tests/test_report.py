@@ -120,13 +120,15 @@ class Page(HTMLParser):
 
 
 def assert_inert(page: Page) -> None:
-    """One script (the page's own), no inline handlers, nothing fetched from anywhere."""
+    """One script (the page's own), no inline handlers, nothing fetched from anywhere; the
+    only links are <a href="file://..."> to the dataset's own files (the label issues)."""
     assert [t for t, _ in page.tags].count("script") == 1
     attrs = [(t, k, v or "") for t, a in page.tags for k, v in a.items()]
     assert [(t, k) for t, k, _ in attrs if k.startswith("on")] == []
     assert [(t, k, v[:40]) for t, k, v in attrs
             if k in ("src", "href", "action", "srcset", "poster", "formaction")
-            and not v.startswith("data:image/png;base64,")] == []
+            and not v.startswith("data:image/png;base64,")
+            and not (t == "a" and k == "href" and v.startswith("file:///"))] == []
 
 
 def test_the_page_needs_no_network(demo_run):
@@ -138,8 +140,11 @@ def test_the_page_needs_no_network(demo_run):
     doc = json.loads((demo_run / "trace.json").read_text(encoding="utf-8"))
     pictures = sum(s["picture"] is not None for s in doc["data_flow"]["stages"])
     assert pictures == 6  # every image step but the file read and the training step
-    assert sum(t == "img" for t, _ in page.tags) == pictures + 3  # + input, Grad-CAM, features
-    assert sum(t == "svg" for t, _ in page.tags) == 2  # loss and accuracy charts
+    shown = (pictures + 3  # + the prediction's input, Grad-CAM, feature maps
+             + 2 * len(doc["batch_view"]["paths"])  # + each batch image, trained and evaluated
+             + 3 * len(doc["errors"]["gallery"]))  # + each worst prediction: 3 pictures
+    assert sum(t == "img" for t, _ in page.tags) == shown
+    assert sum(t == "svg" for t, _ in page.tags) == 3  # loss, accuracy, reliability
 
 
 @pytest.mark.parametrize("source", ["folder", "checkpoint"])

@@ -19,7 +19,8 @@ from pipetrace.report.quiz import GROUPS
 
 LAPTOP = dict(width=1280, height=900)
 PHONE = dict(width=390, height=844, mobile=True)
-SECTIONS = ("data-flow", "findings", "training", "prediction", "quiz", "insight")
+SECTIONS = ("data-flow", "batch", "findings", "training", "errors", "prediction", "quiz",
+            "insight")
 
 # What the page shows, gathered in one evaluation: text per section, table rows, pictures.
 PAGE_CONTENT = """(() => {
@@ -155,6 +156,38 @@ def test_every_section_is_filled_with_this_runs_numbers(demo_run, open_page, tmp
     shot = page.screenshot()
     (tmp_path / "report-laptop.png").write_bytes(shot)
     assert_png(shot, LAPTOP["width"])
+
+
+ERRORS_CONTENT = """(() => {
+  const all = (s, root = document) => [...root.querySelectorAll(s)];
+  const text = e => e.textContent.replace(/\\s+/g, ' ').trim();
+  return {
+    batchPictures: all('#batch figure.pair img').map(i => i.complete && i.naturalWidth > 0),
+    batchLabels: all('#batch figure.pair b').map(text),
+    perClass: all('#per-class tr').slice(1).map(r => all('td', r).map(text)),
+    bars: all('#errors svg.chart rect.bin').length,
+    gallery: all('#errors figure.error').map(f => [all('img', f).filter(
+        i => i.complete && i.naturalWidth > 0).length, text(f.querySelector('a'))]),
+    issueLinks: all('#label-issues a').map(a => a.getAttribute('href')),
+  };
+})()"""
+
+
+def test_the_batch_and_error_sections_show_this_runs_records(demo_run, open_page):
+    doc = json.loads((demo_run / "trace.json").read_text())
+    page = open_page(demo_run / "report.html", **LAPTOP)
+    seen = page.eval(ERRORS_CONTENT)
+    bv, er = doc["batch_view"], doc["errors"]
+    assert len(seen["batchPictures"]) == 2 * len(bv["paths"]) and all(seen["batchPictures"])
+    assert seen["batchLabels"] == bv["labels"]
+    assert seen["perClass"] == [[c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}",
+                                 f"{c['f1']:.3f}", f"{c['support']:,}"] for c in er["per_class"]]
+    assert seen["bars"] == sum(b["count"] > 0 for b in er["calibration"])
+    assert [g[1] for g in seen["gallery"]] == [x["path"].split("/")[-1] for x in er["gallery"]]
+    assert all(n == 3 for n, _ in seen["gallery"])  # input, original, Grad-CAM
+    assert len(seen["issueLinks"]) == min(50, len(er["label_issues"]))
+    assert all(u.startswith("file:///") for u in seen["issueLinks"])
+    assert_offline_and_quiet(page, demo_run / "report.html")
 
 
 def test_quiz_answers_give_feedback(demo_run, open_page, tmp_path):

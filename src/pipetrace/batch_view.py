@@ -29,7 +29,7 @@ class BatchView:
     seed: int  # the generator seed of the augmentation shown
     augment: str  # the run's augmentation ("none", "flip", "crop-flip", "rrc")
     train_pictures: list[np.ndarray] = field(repr=False)  # (S, S, 3) uint8, as trained on
-    eval_pictures: list[np.ndarray] = field(repr=False)  # (S, S, 3) uint8, as evaluated
+    eval_pictures: list[np.ndarray] = field(repr=False)  # as evaluated ([]: no eval pipeline)
 
     def to_dict(self) -> dict:
         return {"indices": self.indices, "paths": self.paths, "labels": self.labels,
@@ -71,3 +71,31 @@ def batch_view(train_set: ImageDataset, classes: list[str], *, augment: str,
     return BatchView(kept, [train_set.samples[i][0] for i in kept],
                      [classes[train_set.samples[i][1]] for i in kept], seed, augment,
                      train_pics, eval_pics)
+
+
+def dataset_batch_view(dataset, n: int = 16) -> BatchView:
+    """The first batch of a user's DataLoader (or the first ``n`` items of a Dataset) as the
+    model would get it, de-normalized with the chain's own Normalize (no evaluation view)."""
+    from torch.utils.data import DataLoader
+
+    from .dataset_trace import normalize_stats, source_files
+    from .trace import image_part
+
+    loader = dataset if isinstance(dataset, DataLoader) else None
+    dataset = loader.dataset if loader is not None else dataset
+    if loader is not None:
+        indices = list(next(iter(loader.batch_sampler)))[:n]
+    else:
+        indices = list(range(min(n, len(dataset))))
+    stats = normalize_stats(getattr(dataset, "transform", None))
+    items = [dataset[i] for i in indices]
+    pictures = [display_picture(image_part(item), stats) for item in items]
+    files = source_files(dataset) or []
+    labels = [str(item[1]) if isinstance(item, tuple | list) and len(item) > 1 else "?"
+              for item in items]
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        labels = [classes[int(lb)] if lb.isdigit() and int(lb) < len(classes) else lb
+                  for lb in labels]
+    return BatchView(indices, [files[i] if i < len(files) else f"item {i}" for i in indices],
+                     labels, 0, "the dataset's own", [p for p in pictures if p is not None], [])

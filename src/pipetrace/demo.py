@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analysis import analyse_run
 from .config import PRESETS, TrainConfig
 from .records import Observer, TrainResult
 from .report.build import RunArtifacts, write_run_report
@@ -44,6 +45,6 @@ def run_demo(cfg: DemoConfig, observers: tuple[Observer, ...] = ()) -> tuple[Tra
         result = fit(demo_train_config(cfg, root), observers=observers)
         val_dir = Path(root) / "val"
         image = sorted(p for p in val_dir.rglob("*") if p.is_file())[0]
-        artifacts = write_run_report(result, image=None if result.stopped else str(image),
-                                     command="demo", true_class=image.parent.name)
+        analysis = analyse_run(result, image=str(image), true_class=image.parent.name)
+        artifacts = write_run_report(result, analysis, command="demo")
     return result, artifacts

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -136,12 +136,10 @@ class ErrorAnalysis:
     method: str = ("confident learning (Northcutt et al. 2021): another class j reaches its "
                    "threshold t_j (the mean p_j over the images labelled j) while the given "
                    "class stays under its own; ranked by p_j - p_given")
-    pictures: dict[int, dict] = field(default_factory=dict)  # row -> gallery pictures (URIs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["most_confused"] = [list(t) for t in self.most_confused]
-        d["pictures"] = {str(k): v for k, v in self.pictures.items()}
         return d
 
 

@@ -39,14 +39,22 @@ def grad_cam(model: nn.Module, x: torch.Tensor, class_index: int,
              target: OpRecord | None = None) -> np.ndarray:
     """(1, 3, H, W) input -> (H, W) float32 heat map in 0-1 for ``class_index``, at the
     output of the recorded operation ``target`` (default: :func:`gradcam_target`)."""
+    return grad_cams(model, x, [class_index], target)[0]
+
+
+def grad_cams(model: nn.Module, x: torch.Tensor, class_indices, target: OpRecord | None = None
+              ) -> np.ndarray:
+    """(N, 3, H, W) inputs -> (N, H, W) heat maps, one per image for its own class, from one
+    forward and one backward pass (in eval mode the images do not mix: each score's gradient
+    reaches only its own image's activations)."""
     model.eval()
-    target = target or gradcam_target(trace_ops(model, x))
+    target = target or gradcam_target(trace_ops(model, x[:1]))
     store: dict[str, torch.Tensor] = {}
 
     def tap(rec: OpRecord, out: torch.Tensor) -> None:
         if rec.index != target.index:
             return
-        if (rec.op, rec.output_shape) != (target.op, target.output_shape):
+        if (rec.op, rec.output_shape[1:]) != (target.op, target.output_shape[1:]):
             raise RuntimeError(f"the model ran differently with gradients on: operation "
                                f"{rec.index} is {rec.op} {rec.output_shape}, was {target.op} "
                                f"{target.output_shape}")
@@ -57,15 +65,18 @@ def grad_cam(model: nn.Module, x: torch.Tensor, class_index: int,
     trace = trace_ops(model, x, tap=tap, grad=True)
     if "act" not in store:
         raise RuntimeError(f"operation {target.index} ({target.op}) did not run again")
-    score = classifier_logits(trace.result)[0, class_index]
+    logits = classifier_logits(trace.result, rows=x.shape[0])
+    rows = torch.arange(logits.shape[0])
+    score = logits[rows, torch.as_tensor(list(class_indices))].sum()
     model.zero_grad(set_to_none=True)
     score.backward()
     act, grad = store["act"].float(), store["grad"].detach().float()
-    weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
-    cam = torch.relu((weights * act).sum(1, keepdim=True))  # (1, 1, h, w)
-    cam = nnf.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    cam = cam - cam.min()
-    return (cam / cam.max().clamp_min(1e-12)).detach().cpu().numpy().astype(np.float32)
+    weights = grad.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+    cam = torch.relu((weights * act).sum(1, keepdim=True))  # (N, 1, h, w)
+    cam = nnf.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+    cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return cam.detach().cpu().numpy().astype(np.float32)
 
 
 def heat_overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -137,10 +137,10 @@ def group_by_module(trace: OpTrace, model: nn.Module, depth: int | None) -> list
     return rows
 
 
-def classifier_logits(result, classes: int | None = None) -> torch.Tensor:
-    """The (1, classes) logits in what a model returned: the tensor itself, the first item of
-    a tuple or list, or a mapping's ``"logits"`` (Hugging Face's outputs are mappings)."""
-    want = "(1, classes)" if classes is None else f"(1, {classes})"
+def classifier_logits(result, classes: int | None = None, rows: int = 1) -> torch.Tensor:
+    """The (rows, classes) logits in what a model returned: the tensor itself, the first item
+    of a tuple or list, or a mapping's ``"logits"`` (Hugging Face's outputs are mappings)."""
+    want = f"({rows}, classes)" if classes is None else f"({rows}, {classes})"
     if isinstance(result, torch.Tensor):
         logits = result
     elif isinstance(result, Mapping) and isinstance(result.get("logits"), torch.Tensor):
@@ -151,7 +151,7 @@ def classifier_logits(result, classes: int | None = None) -> torch.Tensor:
         raise ValueError(f"the model returned {type(result).__name__}, not logits: return a "
                          f"{want} tensor, a tuple or list whose first item is one, or a dict "
                          "with 'logits'")
-    if logits.ndim != 2 or logits.shape[0] != 1 or (classes is not None
+    if logits.ndim != 2 or logits.shape[0] != rows or (classes is not None
                                                     and logits.shape[1] != classes):
         raise ValueError(f"the model's logits have shape {tuple(logits.shape)}: expected {want}"
                          + ("" if classes is None else f" for {classes} class names"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -381,6 +382,8 @@ def summarize_any(obj, channel_order: str = "?") -> Summary:
     """:func:`summarize`, or a one-field summary of something that is not an image."""
     if isinstance(obj, list | tuple) and not isinstance(obj, FileRef | Encoded):
         return Summary(type(obj).__name__, (len(obj),), "items", "items", "?")
+    if isinstance(obj, str | os.PathLike) and os.path.isfile(obj):  # a loader's file path
+        return Summary("file", (), "-", "file", "?", nbytes=os.path.getsize(obj))
     try:
         return summarize(obj, channel_order=channel_order)
     except TypeError:

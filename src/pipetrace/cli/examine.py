@@ -26,6 +26,14 @@ def add_trace(tr) -> None:
                     help="plant a classic bug in the seed's chain to see how it looks and how "
                     "it is caught")
     tr.add_argument("--model", metavar="RUN_OR_CKPT", help="run stage 5 with this model")
+    tr.add_argument("--batch", action="store_true",
+                    help="show the batch instead: IMAGE is a dataset folder (or use --dataset); "
+                    "a few training images per class as the model gets them, augmented, beside "
+                    "the evaluation view; prints them and writes batch.png (to --out, or here)")
+    tr.add_argument("--augment", choices=("none", "flip", "crop-flip", "rrc"), default="flip",
+                    help="--batch: the training augmentation to show (default: flip)")
+    tr.add_argument("--per-class", type=int, default=4, help="--batch: images per class")
+    tr.add_argument("--seed", type=int, default=0, help="--batch: the augmentation's seed")
     tr.set_defaults(func=cmd_trace)
 
 
@@ -34,6 +42,8 @@ def cmd_trace(args) -> int:
 
     from ..report import terminal as term
 
+    if args.batch:
+        return _show_batch(args)
     if args.dataset:
         return _trace_dataset(args)
     if not args.image:
@@ -83,6 +93,44 @@ def cmd_trace(args) -> int:
             console.print("No model given: stage 5 (the model) is not run; use --model RUN_DIR.")
         term.print_findings(console, findings)
     return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _show_batch(args) -> int:
+    """`trace --batch`: the batch view of a dataset folder (or of --dataset), no training."""
+    from pathlib import Path
+
+    from ..batch_view import batch_view, dataset_batch_view
+    from ..explain import png_bytes
+    from ..files import write_bytes_atomic
+    from ..report import terminal as term
+    from ..report.plots import grid_picture
+
+    if args.dataset:
+        from ..dataset_trace import load_factory
+
+        view = dataset_batch_view(load_factory(args.dataset), n=4 * args.per_class)
+    else:
+        if not args.image or not os.path.isdir(args.image):
+            raise ValueError("trace --batch needs a dataset folder (root/<class>/<image>, or "
+                             "train/ + val/) or --dataset MODULE:FACTORY")
+        from ..data import ImageDataset
+        from ..scan import find_splits
+        from ..transforms import Preprocess
+
+        scan = find_splits(args.image).train
+        pre = Preprocess(size=args.size, crop_pct=args.crop_pct)
+        ds = ImageDataset(scan.samples, pre, train=True, augment=args.augment)
+        view = batch_view(ds, scan.classes, augment=args.augment, per_class=args.per_class,
+                          seed=args.seed)
+    out = Path(args.out or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "batch.png", png_bytes(grid_picture(view)))
+    console = term.make_console()
+    console.print(term.batch_table(view))
+    console.print(f"Wrote {term.clean(out / 'batch.png')}: "
+                  + ("each image as training gives it to the model, beside its evaluation view"
+                     if view.eval_pictures else "the batch as the model gets it"), markup=False)
+    return 0
 
 
 def _trace_dataset(args) -> int:

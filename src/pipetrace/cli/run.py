@@ -167,9 +167,9 @@ def _train(args, cfg) -> int:
         result = fit(cfg, observers=observers, resume=bool(args.resume),
                      epochs=args.epochs if args.resume else None, dist=dist)
         if dist.is_main:
-            interrupted = result.stopped == "interrupted"
-            image, truth = (None, None) if interrupted else _first_val_image(result)
-            art = write_run_report(result, image=image, command="train", true_class=truth)
+            from ..analysis import analyse_run
+
+            art = write_run_report(result, analyse_run(result), command="train")
             print_run(console, result, art)
     finally:
         shutdown(dist)
@@ -197,12 +197,15 @@ def print_run(console, result, art) -> None:
         console.print(term.layer_table(art.layer_trace, title=f"Prediction trace — "
                                        f"{term.clean(pred['image'])}"))
         console.print("Top classes:\n" + term.top_k_lines(art.layer_trace), markup=False)
+    if result.errors is not None:
+        term.print_error_summary(console, result.errors)
     for f in art.findings:
         console.print(term.finding_line(f))
     if not art.findings:
         console.print("Checks: no problems found.")
     console.print(f"Wrote {term.clean(result.run_dir)}/: trace.json, report.html, metrics.jsonl, "
-                  "metrics.csv, curves.png, confusion.png, last.pt, best.pt")
+                  "metrics.csv, predictions.csv, curves.png, confusion.png, batch.png, last.pt, "
+                  "best.pt")
 
 
 def interrupted_line(result) -> str:
@@ -223,14 +226,3 @@ def _wants_cuda(device: str) -> bool:
     import torch
 
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-
-
-def _first_val_image(result) -> tuple[str | None, str | None]:
-    from ..scan import find_splits
-
-    splits = find_splits(result.config.data)
-    scan = splits.val or splits.train
-    if not scan.samples:
-        return None, None
-    path, label = scan.samples[0]
-    return path, scan.classes[label]

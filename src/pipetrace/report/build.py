@@ -11,17 +11,20 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..analysis import GalleryItem, RunAnalysis
+from ..batch_view import BatchView
+from ..errors import ErrorAnalysis
 from ..explain import png_bytes
 from ..files import write_bytes_atomic, write_text_atomic
 from ..findings import Finding
 from ..layers import LayerTrace
-from ..predict import PredictionRecord, load_model, record_prediction
+from ..predict import PredictionRecord
 from ..records import TrainResult
-from ..trace import DataFlow, StageRecord
+from ..trace import DataFlow, StageRecord, thumbnail
 from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
 from .html import render_html
 from .insight import make_insight
-from .plots import confusion_png, curves_png
+from .plots import confusion_png, curves_png, grid_picture
 from .quiz import make_quiz
 
 
@@ -92,14 +95,17 @@ def flow_block(flow: DataFlow | None) -> dict | None:
 
 
 def build_document(result: TrainResult, *, command: str, prediction: dict | None,
-                   findings: list[Finding], device: str = "cpu") -> dict:
+                   findings: list[Finding], device: str = "cpu",
+                   gallery: list[GalleryItem] = ()) -> dict:
     doc = {
         "format": FORMAT, "version": VERSION,
         "meta": meta_block(command, device),
         "run": run_block(result),
         "data_flow": flow_block(result.flow),
+        "batch_view": batch_view_block(result.batch_view),
         "findings": [f.to_dict() for f in findings],
         "training": training_block(result),
+        "errors": errors_block(result.errors, list(gallery)),
         "prediction": prediction,
     }
     doc["quiz"] = [q.to_dict() for q in make_quiz(doc)]
@@ -107,25 +113,51 @@ def build_document(result: TrainResult, *, command: str, prediction: dict | None
     return doc
 
 
-def write_run_report(result: TrainResult, *, image: str | None, command: str,
-                     true_class: str | None = None) -> RunArtifacts:
-    """Write plots, ``trace.json`` and ``report.html`` into the run folder."""
+def write_run_report(result: TrainResult, analysis: RunAnalysis | None = None, *,
+                     command: str) -> RunArtifacts:
+    """Write plots, ``batch.png``, ``trace.json`` and ``report.html`` into the run folder,
+    from the run's records and what :func:`pipetrace.analysis.analyse_run` computed."""
     run = Path(result.run_dir)
+    analysis = analysis or RunAnalysis()
     if result.records:
         write_bytes_atomic(run / "curves.png", curves_png([asdict(r) for r in result.records]))
     if result.confusion:
         write_bytes_atomic(run / "confusion.png", confusion_png(result.confusion, result.classes))
-    prediction, lt = None, None
-    if image is not None and (run / "last.pt").exists():
-        record = record_prediction(load_model(run), image, true_class=true_class)
-        prediction, lt = prediction_block(record), record.trace
-    findings = result.findings
+    if result.batch_view is not None:
+        write_bytes_atomic(run / "batch.png", png_bytes(grid_picture(result.batch_view)))
+    record = analysis.prediction
+    prediction = prediction_block(record) if record is not None else None
     save_document(build_document(result, command=command, prediction=prediction,
-                                 findings=findings), run / "trace.json")
+                                 findings=result.findings, gallery=analysis.gallery),
+                  run / "trace.json")
     # The page is rendered from the file, as `pipetrace report` does: the two are identical.
     doc = load_document(run / "trace.json")
     report = _write_html(doc, run / "report.html")
-    return RunArtifacts(str(run / "trace.json"), report, doc, lt, findings)
+    return RunArtifacts(str(run / "trace.json"), report, doc,
+                        record.trace if record is not None else None, result.findings)
+
+
+def batch_view_block(view: BatchView | None, cell: int = 96) -> dict | None:
+    """The batch view with each picture pair as small PNG data URIs."""
+    if view is None:
+        return None
+    def uri(pic):
+        return data_uri(png_bytes(thumbnail(pic, cell)))
+    return {**view.to_dict(), "pictures": [{"train": uri(a), "eval": uri(b)} for a, b in
+                                            zip(view.train_pictures, view.eval_pictures,
+                                                strict=True)]}
+
+
+def errors_block(errors: ErrorAnalysis | None, gallery: list[GalleryItem]) -> dict | None:
+    """The error analysis and the worst predictions' pictures as data URIs."""
+    if errors is None:
+        return None
+    return {**errors.to_dict(), "predictions_file": "predictions.csv",
+            "gallery": [{**asdict(g.error), "gradcam_layer": g.gradcam_layer,
+                         "model_input": data_uri(png_bytes(thumbnail(g.model_input, 128))),
+                         "original": data_uri(png_bytes(thumbnail(g.original, 128))),
+                         "gradcam": data_uri(png_bytes(thumbnail(g.gradcam, 128)))}
+                        for g in gallery]}
 
 
 def build_flow_document(flow: DataFlow, findings: list[Finding], *, command: str,
@@ -134,8 +166,9 @@ def build_flow_document(flow: DataFlow, findings: list[Finding], *, command: str
     the same page as a run's, without the training and prediction sections."""
     doc = {
         "format": FORMAT, "version": VERSION, "meta": meta_block(command, "cpu"),
-        "run": None, "dataset": dataset, "data_flow": flow_block(flow),
-        "findings": [f.to_dict() for f in findings], "training": None, "prediction": None,
+        "run": None, "dataset": dataset, "data_flow": flow_block(flow), "batch_view": None,
+        "findings": [f.to_dict() for f in findings], "training": None, "errors": None,
+        "prediction": None,
     }
     doc["quiz"] = [q.to_dict() for q in make_quiz(doc)]
     doc["insight"] = make_insight(doc)

@@ -17,6 +17,8 @@ Schema: ``docs/trace-format.md``. Format versions:
   ``findings`` start with the dataset checks ``train`` ran before its first epoch, and
   each finding has ``paths`` (the files or folders it is about); ``quiz`` entries have
   ``topic`` (the template that asked them).
+  ``batch_view`` (the batch the model sees) and ``errors`` (the error analysis of the last
+  validation pass, with the worst predictions' pictures) are new.
   ``run.weights`` (where the initial weights came from, the tensors loaded, new and
   skipped, the weights' own preprocessing), ``run.lr_find`` (the learning-rate range test of
   ``--lr auto``), ``training.epochs[].frozen`` (a head-only epoch of fine-tuning).

@@ -16,7 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 from ..transforms import Preprocess
-from .svg import line_chart
+from .svg import line_chart, reliability_chart
 from .terminal import contract_text
 
 SCRIPT = """
@@ -39,6 +39,15 @@ document.querySelectorAll('.question').forEach(function (q) {
 """
 
 
+def file_uri(path: str) -> str:
+    """A ``file://`` link to a local file (percent-encoded: a name cannot become markup or
+    another scheme)."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    return "file://" + quote(str(Path(path).resolve()), safe="/")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(
@@ -48,6 +57,7 @@ def _environment() -> jinja2.Environment:
     env.filters["dims"] = lambda shape: " × ".join(str(d) for d in shape)
     env.filters["num"] = lambda v, spec=".3f": "–" if v is None else format(v, spec)
     env.filters["contract"] = lambda d: contract_text(Preprocess.from_dict(d))
+    env.filters["file_uri"] = file_uri
     return env
 
 
@@ -64,6 +74,9 @@ def render_html(doc: dict) -> str:
             "train": [e["train_acc"] for e in epochs],
             "validation": [e["val_acc"] for e in epochs]}, title="Accuracy by epoch",
             y_range=(0.0, 1.0)))
+    errors = doc.get("errors")
+    if errors:
+        charts["reliability"] = Markup(reliability_chart(errors["calibration"]))
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
     return _environment().get_template("report.html.j2").render(
         doc=doc, charts=charts, script=Markup(SCRIPT), script_hash=script_hash)

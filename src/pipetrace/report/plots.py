@@ -72,19 +72,21 @@ def _save(fig) -> bytes:
 
 
 def grid_picture(view: BatchView, *, cell: int = 96, pad: int = 4) -> np.ndarray:
-    """One (H, W, 3) uint8 picture: per image a pair (as trained on | as evaluated), four
-    pairs a row, in the view's order (classes together)."""
-    pairs = list(zip(view.train_pictures, view.eval_pictures, strict=True))
+    """One (H, W, 3) uint8 picture: per image a pair (as trained on | as evaluated), or the
+    one picture when there is no evaluation view; four images a row, in the view's order."""
+    pairs = (list(zip(view.train_pictures, view.eval_pictures, strict=True))
+             if view.eval_pictures else [(p,) for p in view.train_pictures])
     cols = 4
     rows = max(1, -(-len(pairs) // cols))
-    w = cols * (2 * cell + 3 * pad) + pad
+    per = len(pairs[0]) if pairs else 1  # pictures per image: 2 (trained, evaluated) or 1
+    w = cols * (per * cell + (per + 1) * pad) + pad
     h = rows * (cell + 2 * pad) + pad
     grid = np.full((h, w, 3), 255, np.uint8)
-    for k, (a, b) in enumerate(pairs):
+    for k, pics in enumerate(pairs):
         r, c = divmod(k, cols)
         y = pad + r * (cell + 2 * pad)
-        x = pad + c * (2 * cell + 3 * pad)
-        for j, pic in enumerate((a, b)):
+        x = pad + c * (per * cell + (per + 1) * pad)
+        for j, pic in enumerate(pics):
             tile = cv2.resize(pic, (cell, cell), interpolation=cv2.INTER_AREA)
             grid[y:y + cell, x + j * (cell + pad):x + j * (cell + pad) + cell] = tile
     return grid

@@ -46,3 +46,42 @@ def line_chart(xs: Sequence[int], series: dict[str, Sequence[float | None]], *, 
     parts.append("</svg>")
     return "".join(parts)
 
+
+
+def reliability_chart(bins: Sequence[dict], *, width: int = 420, height: int = 240) -> str:
+    """A reliability diagram: per confidence bin, the accuracy (bar) against the diagonal
+    that perfect calibration follows; empty bins have no bar."""
+    left, right, top, bottom = 44, 12, 26, 34
+    if not bins:
+        return ""
+    w, h = width - left - right, height - top - bottom
+
+    def px(x):
+        return left + x * w
+
+    def py(y):
+        return top + (1 - y) * h
+
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+             'aria-label="Reliability diagram" xmlns="http://www.w3.org/2000/svg">',
+             f'<text x="{left}" y="16" class="t">Reliability: accuracy by confidence</text>']
+    for i in range(5):
+        y = i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                     f'class="grid"/><text x="{left - 4}" y="{py(y) + 4:.1f}" class="yl">{y:.2f}</text>')
+        parts.append(f'<text x="{px(y):.1f}" y="{height - 18}" class="xl">{y:.2f}</text>')
+    parts.append(f'<text x="{left + w / 2:.1f}" y="{height - 4}" class="xl">confidence '
+                 '(top probability)</text>')
+    for b in bins:
+        if not b["count"]:
+            continue
+        x0, x1 = px(b["low"]) + 1, px(b["high"]) - 1
+        parts.append(f'<rect class="bin" x="{x0:.1f}" y="{py(b["accuracy"]):.1f}" '
+                     f'width="{x1 - x0:.1f}" height="{py(0) - py(b["accuracy"]):.1f}" '
+                     f'fill="{COLOURS[0]}" fill-opacity="0.75"><title>{b["count"]} images, '
+                     f'confidence {b["confidence"]:.2f}, accuracy {b["accuracy"]:.2f}'
+                     '</title></rect>')
+    parts.append(f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" '
+                 f'stroke="{COLOURS[1]}" stroke-dasharray="4 3"/>')
+    parts.append("</svg>")
+    return "".join(parts)

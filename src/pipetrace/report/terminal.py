@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..batch_view import BatchView
 from ..errors import ErrorAnalysis
 from ..layers import LayerTrace
 from ..ops import OpTrace
@@ -68,6 +69,38 @@ def print_findings(console: Console, findings) -> None:
                       f"  fix: {clean(f.fix)}")
     if not findings:
         console.print("Checks: no problems found.")
+
+
+def batch_table(view: BatchView) -> Table:
+    """The images of a batch view: which file, which class, what the model got."""
+    t = Table(title=f"The batch the model sees — augmentation {clean(view.augment)}, seed "
+              f"{view.seed}", title_justify="left")
+    for col in ("#", "class", "file", "as trained on", "as evaluated"):
+        t.add_column(col, overflow="fold")
+    for k, (path, label) in enumerate(zip(view.paths, view.labels, strict=True)):
+        a = view.train_pictures[k]
+        b = view.eval_pictures[k] if view.eval_pictures else None
+        t.add_row(str(view.indices[k]), clean(label), clean(display_name(path)),
+                  f"{a.shape[0]} x {a.shape[1]}, mean {a.mean():.0f}",
+                  "-" if b is None else f"{b.shape[0]} x {b.shape[1]}, mean {b.mean():.0f}")
+    return t
+
+
+def print_error_summary(console: Console, e: ErrorAnalysis, rows: int = 5) -> None:
+    """After training: accuracy and calibration in one line, the worst confusions and the
+    likeliest label errors (the rest: `pipetrace errors RUN_DIR`)."""
+    top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
+    worst = ", ".join(f"{clean(a)} -> {clean(b)} ({n})" for a, b, n in e.most_confused[:3])
+    console.print(f"Errors on {e.images:,} validation images: accuracy {e.accuracy:.3f}{top5}, "
+                  f"macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}"
+                  + (f"; most confused: {worst}" if worst else ""), markup=False)
+    if e.label_issues:
+        console.print(f"Likely label errors: {len(e.label_issues)} (confident learning), first: "
+                      + ", ".join(f"{clean(display_name(x.path))} given {clean(x.given)}, looks "
+                                  f"like {clean(x.predicted)} ({x.p_predicted:.2f})"
+                                  for x in e.label_issues[:rows]), markup=False)
+    console.print("All of it: pipetrace errors RUN_DIR (tables or --json), predictions.csv, "
+                  "report.html", markup=False)
 
 
 def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
