@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 9 (data-parallel training): one GPU, NCCL through torchrun, AMP
-# (bf16) and channels_last, on the built-in shapes; a few minutes in all. Prepared on a
-# machine without a GPU, so not run there; see docs/scaling.md.
+# The GPU check (issues 9 and 18): one GPU, NCCL through torchrun, AMP (bf16) and
+# channels_last on the built-in shapes; the fast loader with the JPEG decode on the GPU
+# (--decode-on-device: nvJPEG through torchvision.io.decode_jpeg) against the CPU decode; and
+# the time to 94% on CIFAR-10 from its JPEG files with the `cifar` preset. At most 10 minutes
+# in all. Prepared on a machine without a GPU; see docs/scaling.md and docs/performance.md.
 #
 #   bench/gpu_check.sh [OUT_DIR]          (default runs/gpu-check; log in OUT_DIR/gpu_check.log)
 #
@@ -11,8 +13,12 @@
 # cost of DDP on one GPU; on a machine with more GPUs, all of them; resume the torchrun run
 # for one more epoch (a copy); then check the traces and print the numbers for docs/performance.md.
 # Exits non-zero if a run or a check fails. Environment knobs (defaults for an H100/H200):
-# PYTHON, DEVICE=cuda, PER_CLASS=1000, IMAGE=128, EPOCHS=4, BATCH=128, WORKERS=8.
-# `DEVICE=cpu PER_CLASS=40 IMAGE=64 EPOCHS=1 BATCH=16 WORKERS=0` runs the script's logic on CPU.
+# PYTHON, DEVICE=cuda, PER_CLASS=1000, IMAGE=128, EPOCHS=4, BATCH=128, WORKERS=8,
+# CIFAR=<folder holding cifar10/ or cifar10-jpg.tar.gz> (default: the first of shared/data,
+# ../shared/data, ~/.cache/pipetrace-data that has it; none: the CIFAR-10 step is skipped),
+# CIFAR_EPOCHS (default: the preset's).
+# `DEVICE=cpu PER_CLASS=40 IMAGE=64 EPOCHS=1 BATCH=16 WORKERS=0 CIFAR=none` runs the
+# script's logic on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
@@ -73,6 +79,58 @@ cp -r "$OUT/ddp1" "$OUT/resumed"
 run "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m pipetrace train \
   --resume "$OUT/resumed" --epochs $((EPOCHS + 1)) --device "$DEVICE"
 
+step "fast loader: JPEG decode on the device against the decode in the workers"
+run "$PY" - "$OUT/shapes" "$OUT/shapes-jpg" <<'EOF2'
+import sys
+from pathlib import Path
+
+import cv2
+
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for f in src.rglob("*"):  # decoding on the device reads JPEG files only: re-encode the PNGs
+    if f.suffix not in (".png", ".jpg"):
+        continue
+    out = (dst / f.relative_to(src)).with_suffix(".jpg")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.imread(str(f)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+EOF2
+run "$PY" -m pipetrace train "$OUT/shapes-jpg" --out "$OUT/cpu-decode" "${COMMON[@]}"
+run "$PY" -m pipetrace train "$OUT/shapes-jpg" --out "$OUT/device-decode" "${COMMON[@]}" \
+  --decode-on-device
+RUNS="$RUNS cpu-decode device-decode"
+
+CIFAR=${CIFAR:-$(for d in shared/data ../shared/data ~/.cache/pipetrace-data; do
+  [ -e "$d/cifar10" ] || [ -e "$d/cifar10-jpg.tar.gz" ] && { echo "$d"; break; }; done)}
+if [ -n "$CIFAR" ] && [ "$CIFAR" != none ]; then
+  step "CIFAR-10 from its JPEG files, the cifar preset: time to 90%, 93%, 94%"
+  if [ ! -e "$CIFAR/cifar10" ]; then
+    mkdir -p "$OUT/data" && tar -xzf "$CIFAR/cifar10-jpg.tar.gz" -C "$OUT/data" && CIFAR=$OUT/data
+  fi
+  EPOCHS_ARG=(); [ -n "${CIFAR_EPOCHS:-}" ] && EPOCHS_ARG=(--epochs "$CIFAR_EPOCHS")
+  for how in cpu-decode device-decode; do
+    EXTRA=(); [ "$how" = device-decode ] && EXTRA=(--decode-on-device)
+    run "$PY" -m pipetrace train "$CIFAR/cifar10" --preset cifar --device "$DEVICE" \
+      --workers "$WORKERS" --out "$OUT/cifar-$how" "${EPOCHS_ARG[@]}" "${EXTRA[@]}"
+    "$PY" - "$OUT/cifar-$how" <<'EOF2'
+import json
+import sys
+from pathlib import Path
+
+rows = [json.loads(line) for line in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines()]
+total = 0.0
+for r in rows:
+    total += r["seconds"]
+    r["total"] = total
+    print(f"epoch {r['epoch']:>2}  {total:7.1f} s  test acc {r['val_acc']:.4f}  "
+          f"{r['images_per_s']:,.0f} img/s")
+for target in (0.90, 0.93, 0.94):
+    hit = next((r for r in rows if r["val_acc"] >= target), None)
+    print(f"{sys.argv[1]}: {target:.0%} " + (f"at epoch {hit['epoch']}, {hit['total']:.1f} s of "
+          "training and evaluation" if hit else "not reached"))
+EOF2
+  done
+fi
+
 step "checks and numbers"
 "$PY" - "$OUT" "$DEVICE" "$EPOCHS" $RUNS <<'EOF'
 import json
@@ -105,10 +163,15 @@ for name in runs:
               f"{r['images_per_s']:,.0f} img/s, loader {r['loader_images_per_s']:,.0f} img/s, "
               f"waiting for data {r['data_share']:.0%}")
     check(sum(map(sum, tr["confusion"])) == 399, f"{name}: 399 validation images counted once")
-    if name != "plain":
+    if name.startswith("ddp"):
         check(d["backend"] == backend, f"{name}: backend {backend}")
         check(len(d["ranks"]) == d["world_size"], f"{name}: one throughput row per process")
 
+flows = {name: json.loads((out / name / "trace.json").read_text())["data_flow"]
+         for name in ("cpu-decode", "device-decode")}
+check(flows["device-decode"]["path"] == "fast+device-decode" and any(
+    "decode_jpeg" in s["operation"] for s in flows["device-decode"]["stages"]),
+    "device-decode: the data-flow trace shows the batch decode where the model is")
 resumed = json.loads((out / "resumed" / "trace.json").read_text())["training"]["epochs"]
 check([e["epoch"] for e in resumed] == list(range(1, epochs + 2)),
       f"resumed: epochs 1..{epochs + 1}")
