@@ -25,11 +25,14 @@ PRESETS: dict[str, dict] = {
     "demo": dict(model="pipenet-s", epochs=5, batch_size=32, image_size=224, crop_pct=1.0,
                  optimizer="adamw", lr=2e-3, schedule="onecycle", augment="flip"),
     # CIFAR-10 from JPEG files on a CPU: an airbench-style recipe (see docs/performance.md).
-    # lr x weight_decay = 0.002 per step, as airbench94 (whose loss is summed, not averaged).
-    "cifar": dict(model="cifarnet", epochs=12, batch_size=1024, image_size=32, crop_pct=1.0,
+    # lr x weight_decay = 0.002 per step, as airbench94 (whose loss is summed, not averaged);
+    # airbench's lookahead from the start, its whitening bias frozen after 3 epochs, and its
+    # translated test-time views at the end: 90.8% after 10 epochs (90.3% after 12 without).
+    "cifar": dict(model="cifarnet", epochs=10, batch_size=1024, image_size=32, crop_pct=1.0,
                   optimizer="sgd", lr=1.5, momentum=0.85, weight_decay=0.00133,
                   schedule="onecycle", warmup_pct=0.23, lr_start=0.2, lr_end=0.07,
-                  label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True),
+                  label_smoothing=0.2, augment="crop-flip", crop_pad=2, tta=True, tta_shift=1,
+                  lookahead_from=0, stem_bias_epochs=3),
     # Real photos: fine-tune ImageNet weights (fastai's fine_tune): one epoch trains the new
     # head on the frozen network, then all layers, the pretrained ones at a tenth of the rate.
     # Size, crop, interpolation, mean and std come from the weights (224, 256, bilinear).
