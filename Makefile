@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz
 
-bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors bench-cli bench-lr-find
+bench: bench-loader bench-profile bench-trace bench-step bench-memory bench-ops bench-tta bench-errors bench-cli bench-lr-find bench-flops bench-index
 
 bench-loader: $(STAMP)
 	$(BIN)/python bench/loader.py $(DATA)
@@ -54,6 +54,12 @@ bench-errors: $(STAMP)
 
 bench-lr-find: $(STAMP)
 	$(BIN)/python bench/lr_find_cifar.py $(DATA)
+
+bench-flops: $(STAMP)
+	$(BIN)/python bench/flops.py
+
+bench-index: $(STAMP)
+	$(BIN)/python bench/index_start.py
 
 # Coverage-guided fuzzing of stage 1 (atheris); `make test` runs the short hypothesis version.
 FUZZ_SECONDS ?= 300
