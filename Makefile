@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli bench-lr-find fuzz clean
+.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli bench-lr-find bench-flops bench-index fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
