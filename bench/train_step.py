@@ -22,18 +22,12 @@ from torch import nn
 from common import data_dir, save
 from pipetrace.data import ImageDataset, LoaderConfig, make_loader, to_model_input
 from pipetrace.distributed import DistInfo
+from pipetrace.loop import _Loop, resolve_amp, train_one_epoch
 from pipetrace.model import ModelConfig, build_model
 from pipetrace.optim import build_optimizer
 from pipetrace.scan import scan_image_folder
 from pipetrace.trace import BatchProbe
-from pipetrace.train import (
-    PRESETS,
-    Observer,
-    TrainConfig,
-    _Loop,
-    resolve_amp,
-    train_one_epoch,
-)
+from pipetrace.train import PRESETS, Observer, TrainConfig
 from pipetrace.transforms import BatchAugment, Preprocess
 
 BATCHES, BATCH = 32, 256

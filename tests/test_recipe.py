@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from pipetrace import checkpoint as ckpt_io
+from pipetrace.loop import tta_logits
 from pipetrace.optim import Lookahead
-from pipetrace.train import TrainConfig, fit, tta_logits
+from pipetrace.train import TrainConfig, fit
 from test_train import StopAfter, small_folder
 
 

@@ -206,7 +206,7 @@ def test_ctrl_c_ends_with_one_line_and_resume_says_where_it_continues(two_classe
             raise KeyboardInterrupt
         real(self, epoch, step, steps, loss, rate)
 
-    monkeypatch.setattr("pipetrace.train.PROGRESS_SECONDS", 0.0)  # every step reported
+    monkeypatch.setattr("pipetrace.loop.PROGRESS_SECONDS", 0.0)  # every step reported
     monkeypatch.setattr(TerminalObserver, "on_batch_end", press_ctrl_c)
     run = tmp_path / "run dir"
     assert main(["train", str(two_classes), *TINY, "--epochs", "3", "--out", str(run)]) == 130

@@ -2,7 +2,7 @@
 
 The model and its evaluation pipeline come from the checkpoint (``predict.load_model``); the
 split's class folders are mapped onto the checkpoint's classes by name. The pass is the
-trainer's own :func:`pipetrace.train.evaluate`, so the per-image probabilities and losses
+trainer's own :func:`pipetrace.loop.evaluate`, so the per-image probabilities and losses
 are those a validation epoch records; :func:`pipetrace.errors.analyse` makes the analysis.
 """
 
@@ -66,7 +66,7 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
                  batch_size: int = 64, workers: int = 0) -> Evaluation:
     """Evaluate ``lm`` (or a run folder / checkpoint) on ``split`` of ``data`` (default: the
     dataset it was trained on)."""
-    from .train import evaluate, predictions_of
+    from .loop import evaluate, predictions_of
 
     lm = load_model(lm) if not isinstance(lm, LoadedModel) else lm
     data = data or (lm.checkpoint.get("train_config") or {}).get("data") or ""

@@ -32,9 +32,7 @@ from .config import TrainConfig
 from .data import to_model_input
 from .distributed import DistInfo
 from .finetune import plan_freeze
-from .optim import build_optimizer
-from .records import LRFinderResult, LRSuggestion, WeightsReport
-from .train import (
+from .loop import (
     epoch_seed,
     make_loaders,
     make_loop,
@@ -46,6 +44,8 @@ from .train import (
     train_step,
     wrap_for_ddp,
 )
+from .optim import build_optimizer
+from .records import LRFinderResult, LRSuggestion, WeightsReport
 from .transforms import Preprocess
 
 
