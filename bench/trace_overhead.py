@@ -90,7 +90,8 @@ def main(argv):
         for i in range(6):  # first pair is warm-up
             for name, every in (("on", base.trace_every), ("off", 0)):
                 t0 = time.perf_counter()
-                result = fit(replace(base, trace_every=every))
+                result = fit(replace(base, trace_every=every,
+                                     out=str(Path(tmp) / f"run-{i}-{name}")))  # a new run
                 if i:
                     totals[name].append(time.perf_counter() - t0)
                     epochs[name].append(sum(r.seconds for r in result.records))

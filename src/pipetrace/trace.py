@@ -313,6 +313,7 @@ class StageTracer:
         self.first_input = None  # what the first stage received
         self.rng_state: torch.Tensor | None = None  # torch's RNG when the trace began
         self.first_index = first_index
+        self._memo: tuple | None = None  # (tensor, (order, version), its Summary)
 
     def call(self, stage: Stage, x, *args):
         if self.first_input is None:
@@ -330,6 +331,19 @@ class StageTracer:
         stage.fn(x, out)
         seconds = time.perf_counter() - t0
         self._add(stage, x, out.placed() if hasattr(out, "placed") else out, seconds)
+
+    def _summary(self, obj, order: str) -> Summary:
+        """:func:`summarize_any`, measured once per tensor state: a stage's output is the
+        next stage's input, and a stage may return its input (to the device it is on); a
+        tensor changed in place has a new ``_version`` and is measured again."""
+        key = (order, getattr(obj, "_version", None))
+        memo = self._memo
+        if memo is not None and memo[0] is obj and memo[1] == key:
+            return memo[2]
+        s = summarize_any(obj, order)
+        if isinstance(obj, torch.Tensor):  # NumPy arrays carry no version: always measured
+            self._memo = (obj, key, s)
+        return s
 
     def _add(self, stage: Stage, x, y, seconds: float) -> None:
         if isinstance(x, FileRef):
@@ -349,7 +363,7 @@ class StageTracer:
                     else "?")
         self.order = measured if measured != "?" else carried
         n = y.shape[0] if self.scope == "batch" and getattr(y, "ndim", 0) == 4 else 1
-        out = summarize_any(y, self.order)
+        out = self._summary(y, self.order)
         if self.scope == "image":
             out = Summary(**{**asdict(out), "digest": _digest(y)})
         picture = display_picture(y, self.stats)
@@ -360,7 +374,7 @@ class StageTracer:
             caption = "de-normalized for display"
         self.records.append(StageRecord(
             self.first_index + len(self.records), stage.seed, stage.name, stage.library,
-            stage.operation, summarize_any(x, order_in), out, seconds * 1e6 / max(n, 1),
+            stage.operation, self._summary(x, order_in), out, seconds * 1e6 / max(n, 1),
             self.scope, caption=caption,
             picture=thumbnail(picture) if picture is not None else None))
 
