@@ -73,6 +73,7 @@ class DatasetIndex:
     def __init__(self, root: str | os.PathLike, *, where: Path | None = None):
         self.root = os.path.realpath(root)
         self.base = os.path.abspath(root)  # keys are paths relative to this
+        self._prefix = os.path.join(self.base, "")  # the base with its trailing separator
         self.where = where  # the file it was read from (None: new)
         self.entries: dict[str, list] = {}  # relative path -> [size, mtime_ns, facts, sha, check]
         self.known = 0  # answers from the index
@@ -124,7 +125,7 @@ class DatasetIndex:
 
     def _entry(self, path: str) -> tuple[str, list | None, tuple[int, int] | None]:
         """(key, the entry if its stamp is the file's, the file's stamp now or None)."""
-        key = os.path.relpath(os.path.abspath(path), self.base)
+        key = self._key(path)
         try:
             st = os.stat(path)
         except OSError:
@@ -134,6 +135,13 @@ class DatasetIndex:
         if entry is not None and (entry[0], entry[1]) == stamp:
             return key, entry, stamp
         return key, None, stamp
+
+    def _key(self, path: str) -> str:
+        """The path relative to the dataset folder (the scan's paths start with it: a slice,
+        as ``os.path.relpath`` costs ~30% of a start from the index on 200,000 files)."""
+        if path.startswith(self._prefix) and os.sep + ".." not in path:
+            return path[len(self._prefix):]
+        return os.path.relpath(os.path.abspath(path), self.base)
 
     def checked(self, path: str, limits: LoadLimits = LoadLimits()) -> CheckedFile:
         """``images.check_file(path, limits)``, from the index while the file is unchanged."""
