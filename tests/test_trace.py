@@ -226,3 +226,19 @@ def test_a_file_that_never_existed_is_no_such_file(tmp_path, capsys):
     assert main(["trace", str(tmp_path / "never.jpg")]) == 2
     err = capsys.readouterr().err
     assert "never.jpg" in err and "no such file" in err and "disappeared" not in err
+
+
+def test_a_tensor_is_measured_again_after_an_in_place_change():
+    """The tracer measures a tensor once per state: the output of a stage that hands its
+    input on is the input's summary, one that changes it in place is measured again."""
+    from pipetrace.trace import StageTracer
+
+    same = pl.Stage("Hand on", 4, "PyTorch", lambda x, g: x, "batch", "the same batch")
+    double = pl.Stage("Double in place", 4, "PyTorch", lambda x, g: x.mul_(2), "batch", "batch")
+    tracer = StageTracer(scope="batch")
+    x = torch.rand(2, 3, 8, 8)
+    pl.run_batch((same, double), x, None, tracer)
+    hand_on, doubled = tracer.records
+    assert hand_on.output == hand_on.input
+    assert doubled.output.mean == pytest.approx(tuple(2 * m for m in hand_on.output.mean))
+    assert doubled.output.max == pytest.approx(2 * hand_on.output.max)
