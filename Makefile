@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?=
 
-.PHONY: demo test lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli bench-lr-find bench-flops bench-index fuzz clean
+.PHONY: demo test test-slow lint bench bench-loader bench-profile bench-trace bench-step bench-tta bench-memory bench-ops bench-errors bench-cli bench-lr-find bench-flops bench-index fuzz clean
 
 # (Re)install only when pyproject.toml changed, so later runs start at once.
 $(STAMP): pyproject.toml
@@ -18,7 +18,10 @@ demo: $(STAMP)
 	$(BIN)/pipetrace demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  # the multi-process failure and resume runs (about 45 s); CI runs them too
+	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench fuzz

@@ -163,6 +163,7 @@ def test_two_processes_match_one_with_the_same_global_batch(ddp_run, shapes, tmp
     assert ranks["world_size"] == 1 and ranks["ranks"][0]["images"] == TRAIN_IMAGES
 
 
+@pytest.mark.slow
 def test_resumed_two_process_run_continues_from_its_checkpoint(ddp_run, shapes, launcher,
                                                                tmp_path):
     """1 epoch, then ``--resume RUN --epochs 2``: with a constant learning rate the plan does
@@ -181,6 +182,7 @@ def test_resumed_two_process_run_continues_from_its_checkpoint(ddp_run, shapes, 
     assert resumed.stdout.count("epoch   2  loss") == 1 and "epoch   1  loss" not in resumed.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_fine_tune_with_a_frozen_then_unfrozen_backbone(ddp_run, shapes, tmp_path):
     """DDP registers the parameters that need gradients when it wraps the model: the frozen
     epoch and the unfrozen one each get their own wrapper. Starting from the 2-process run's
@@ -201,6 +203,7 @@ def test_two_processes_fine_tune_with_a_frozen_then_unfrozen_backbone(ddp_run, s
     assert "features.block1.conv.weight" in moved and "fc.weight" in moved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, says", [
     ("no-data", "rank 1 of 2: dataset folder"),  # a rank that raises: its error, then the end
     ("hang", "rank 0 of 2: lost contact with the other processes"),  # one that never answers

@@ -190,7 +190,7 @@ class Steps(Observer):
 
 
 def test_progress_is_reported_by_time_not_every_ten_steps(tmp_path, monkeypatch):
-    import pipetrace.train as train_module
+    import pipetrace.loop as train_module  # the loop reports progress
 
     data = small_folder(tmp_path / "data", {"a": 8, "b": 8})  # 14 to train: 7 steps of 2
     monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0.0)  # any time passed: report
