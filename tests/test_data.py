@@ -1,6 +1,7 @@
 """Stage 4: batches of N x 3 x H x W, bad files skipped and listed, splits seeded."""
 
 import cv2
+import pytest
 import torch
 
 from pipetrace.data import (
@@ -128,3 +129,12 @@ def test_decoding_where_the_model_is_gives_the_fast_batches(tmp_path):
     assert (out["device", 0][0] - out["fast", 0][0][:6]).abs().max() <= 2 / 255 / 0.224
     [(index, reason)] = out["device", 0][1]
     assert samples[index][0].endswith("z.png") and "JPEG files only" in reason
+
+
+def test_decoding_on_the_device_is_refused_where_it_cannot_run():
+    from pipetrace.config import ConfigError, TrainConfig
+
+    for bad in (dict(loader="classic"), dict(augment="rrc")):
+        with pytest.raises(ConfigError, match="decode_on_device"):
+            TrainConfig(decode_on_device=True, **bad)
+    TrainConfig(decode_on_device=True, augment="crop-flip")  # a batch-level augmentation

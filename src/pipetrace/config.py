@@ -244,6 +244,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.decode_on_device and (self.loader != "fast" or self.augment == "rrc"):
+            raise ConfigError("decode_on_device (--decode-on-device) needs --loader fast and a "
+                              "batch-level augmentation (none, flip, crop-flip), not --loader "
+                              f"{self.loader} --augment {self.augment}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

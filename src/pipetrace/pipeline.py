@@ -19,8 +19,8 @@ Three kinds of stage, by where they run and how they are called:
 
 * per image (``Pipeline.per_image``): ``fn(x) -> y``, in a worker or the main process;
 * the placing stage (``Pipeline.place``): ``fn(x, out)`` writes one image into its slot of
-  the batch buffer (the fast path converts BGR to RGB on the way: the small resized array,
-  not the full decode);
+  the batch buffer and returns what the slot now holds (the fast path converts BGR to RGB
+  on the way: the small resized array, not the full decode);
 * per batch (:func:`batch_stages`): ``fn(x, generator) -> y`` on the whole batch, on the
   model's device.
 """
@@ -184,13 +184,18 @@ class ResizeCrop:
     def __call__(self, hwc: np.ndarray) -> np.ndarray:
         if is_final_size(hwc.shape[0], hwc.shape[1], self.pre):
             return hwc
+        return self.chw(hwc_to_chw(hwc)).permute(1, 2, 0).numpy()
+
+    def chw(self, chw: torch.Tensor) -> torch.Tensor:
+        """The same on a (3, H, W) uint8 tensor, on whatever device it is."""
+        if is_final_size(chw.shape[-2], chw.shape[-1], self.pre):
+            return chw
         if self.kernels is None:
-            return self.transform(hwc_to_chw(hwc)).permute(1, 2, 0).numpy()
+            return self.transform(chw)
         resize, crop = self.kernels
-        chw = v2.functional.resize_image(hwc_to_chw(hwc), resize.size,
-                                         interpolation=resize.interpolation,
+        chw = v2.functional.resize_image(chw, resize.size, interpolation=resize.interpolation,
                                          antialias=resize.antialias)
-        return v2.functional.center_crop_image(chw, crop.size).permute(1, 2, 0).numpy()
+        return v2.functional.center_crop_image(chw, crop.size)
 
     def __repr__(self) -> str:
         steps = " -> ".join(map(repr, self.transform.transforms))
@@ -210,11 +215,11 @@ class BGRToRGB:
 class CopyInto:
     """Copy one image into its batch slot (what ``torch.stack`` does, one image at a time)."""
 
-    def __call__(self, x, out) -> None:
+    def __call__(self, x, out):
         if isinstance(out, np.ndarray):
             np.copyto(out, np.asarray(x))
-        else:
-            out.copy_(torch.as_tensor(x))
+            return out
+        return out.copy_(torch.as_tensor(x))
 
     def __repr__(self) -> str:
         return "copy into the batch (torch.stack)"
@@ -254,10 +259,12 @@ class Permute:
 
 # -- the declared paths ----------------------------------------------------------------------------
 
+READ = Stage("Read file", 1, "Python", ReadFile(), "file path", "bytes")
+
+
 def _load_stages(limits: LoadLimits, min_side: int | None = None) -> list[Stage]:
-    return [Stage("Read file", 1, "Python", ReadFile(), "file path", "bytes"),
-            Stage("Decode", 1, "OpenCV", Decode(limits, min_side), "bytes",
-                  "(H, W, 3) uint8 BGR")]
+    return [READ, Stage("Decode", 1, "OpenCV", Decode(limits, min_side), "bytes",
+                        "(H, W, 3) uint8 BGR")]
 
 
 def fast_pipeline(pre: Preprocess, *, train: bool = False, augment: str = "none",
@@ -285,7 +292,7 @@ def device_decode_pipeline(pre: Preprocess, *, limits: LoadLimits = LoadLimits()
     skipped as unreadable, with that reason. Training augmentation is the batch-level
     kind (flips, translations), as on the fast path."""
     return Pipeline("fast+device-decode", (
-        Stage("Read file", 1, "Python", ReadFile(), "file path", "bytes"),
+        READ,
         Stage("Check JPEG header", 1, "pipetrace", JpegBytes(limits), "bytes",
               "(L,) uint8 JPEG bytes"),
     ), Stage("Bytes into the batch", 4, "PyTorch", IntoRow(), "(L,) uint8 JPEG bytes",
@@ -313,8 +320,9 @@ class JpegBytes:
 class IntoRow:
     """One file's bytes into its row of an :class:`EncodedRows` batch buffer."""
 
-    def __call__(self, x: np.ndarray, out: _Row) -> None:
+    def __call__(self, x: np.ndarray, out: _Row) -> np.ndarray:
         out.put(x)
+        return x
 
     def __repr__(self) -> str:
         return "bytes into the batch (length first, zero-padded rows)"
@@ -326,10 +334,6 @@ class _Row(NamedTuple):
 
     def put(self, x: np.ndarray) -> None:
         self.rows.items[self.i] = x
-
-    def placed(self) -> np.ndarray:
-        """What the slot holds (the tracer summarizes this, not the slot object)."""
-        return self.rows.items[self.i]
 
 
 class EncodedRows:
@@ -522,29 +526,22 @@ class AugmentBatch:
 class DecodeOnDevice:
     """(N, 8 + L) uint8 rows of JPEG files -> (N, 3, size, size) uint8 RGB on ``device``:
     ``torchvision.io.decode_jpeg`` on the whole batch (nvJPEG on a GPU; EXIF orientation
-    applied, as OpenCV does), then torchvision's resize and centre crop there."""
+    applied, as OpenCV does), then the fast path's resize and centre crop there."""
 
     def __init__(self, pre: Preprocess, device: torch.device | str):
-        self.pre, self.device = pre, torch.device(device)
+        self.device = torch.device(device)
+        self.resize_crop = ResizeCrop(pre, fast_transform(pre))
 
     def __call__(self, rows: torch.Tensor, generator=None) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        files = unpack_rows(rows)
-        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device,
+        images = decode_jpeg(unpack_rows(rows), mode=ImageReadMode.RGB, device=self.device,
                              apply_exif_orientation=True)
-        size = [self.pre.size, self.pre.size]
-        return torch.stack([
-            img if is_final_size(img.shape[-2], img.shape[-1], self.pre) else
-            v2.functional.center_crop_image(v2.functional.resize_image(
-                img, [self.pre.resize_size], antialias=True,
-                interpolation=v2.InterpolationMode[self.pre.interpolation.upper()]), size)
-            for img in images])
+        return torch.stack([self.resize_crop.chw(img) for img in images])
 
     def __repr__(self) -> str:
-        return (f"torchvision.io.decode_jpeg(batch, device={str(self.device)!r}) -> Resize("
-                f"{self.pre.resize_size}) -> CenterCrop({self.pre.size}) (none when already "
-                f"{self.pre.size} x {self.pre.size})")
+        return (f"torchvision.io.decode_jpeg(batch, device={str(self.device)!r}) -> "
+                f"{self.resize_crop!r}")
 
 
 class ToFloat:

@@ -85,10 +85,6 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     ``preprocess``: the contract to use as it is (a resumed run's); otherwise it is made
     from ``cfg`` over ``expected``, the contract of the initial weights (:func:`run_contract`).
     """
-    if cfg.decode_on_device and (cfg.loader != "fast" or cfg.augment == "rrc"):
-        raise ValueError("decode_on_device (--decode-on-device) needs --loader fast and a "
-                         f"batch-level augmentation (none, flip, crop-flip), not --loader "
-                         f"{cfg.loader} --augment {cfg.augment}")
     splits = find_splits(cfg.data)
     classes = splits.train.classes
     train_samples = splits.train.samples

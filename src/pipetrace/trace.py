@@ -326,11 +326,11 @@ class StageTracer:
         return y
 
     def place(self, stage: Stage, x, out) -> None:
-        """The placing stage: ``stage.fn(x, out)`` writes the image into its batch slot."""
+        """The placing stage: ``stage.fn(x, out)`` writes the image into its batch slot and
+        returns what the slot holds."""
         t0 = time.perf_counter()
-        stage.fn(x, out)
-        seconds = time.perf_counter() - t0
-        self._add(stage, x, out.placed() if hasattr(out, "placed") else out, seconds)
+        y = stage.fn(x, out)
+        self._add(stage, x, y, time.perf_counter() - t0)
 
     def _summary(self, obj, order: str) -> Summary:
         """:func:`summarize_any`, measured once per tensor state: a stage's output is the
