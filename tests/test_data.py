@@ -129,6 +129,13 @@ def test_decoding_where_the_model_is_gives_the_fast_batches(tmp_path):
     assert (out["device", 0][0] - out["fast", 0][0][:6]).abs().max() <= 2 / 255 / 0.224
     [(index, reason)] = out["device", 0][1]
     assert samples[index][0].endswith("z.png") and "JPEG files only" in reason
+    # the trace of that path is read from its stage objects: bytes until the batch decode
+    from pipetrace.data import TraceRequest
+
+    traced = ImageDataset(samples, pre, checked=checked, pipeline=device_decode_pipeline(pre)
+                          ).__getitems__(TraceRequest([0])).trace.records
+    assert [(r.name, r.output.layout) for r in traced] == [
+        ("Read file", "bytes"), ("Check JPEG header", "bytes"), ("Bytes into the batch", "bytes")]
 
 
 def test_decoding_on_the_device_is_refused_where_it_cannot_run():

@@ -293,25 +293,24 @@ def device_decode_pipeline(pre: Preprocess, *, limits: LoadLimits = LoadLimits()
     kind (flips, translations), as on the fast path."""
     return Pipeline("fast+device-decode", (
         READ,
-        Stage("Check JPEG header", 1, "pipetrace", JpegBytes(limits), "bytes",
-              "(L,) uint8 JPEG bytes"),
-    ), Stage("Bytes into the batch", 4, "PyTorch", IntoRow(), "(L,) uint8 JPEG bytes",
+        Stage("Check JPEG header", 1, "pipetrace", JpegBytes(limits), "bytes", "JPEG bytes"),
+    ), Stage("Bytes into the batch", 4, "PyTorch", IntoRow(), "JPEG bytes",
              "its row of the (N, 8 + max L) uint8 batch of encoded files"))
 
 
 class JpegBytes:
-    """Encoded -> (L,) uint8 array of a JPEG's bytes, its header checked (nothing decoded)."""
+    """Encoded -> the same bytes, their header checked and JPEG (nothing decoded)."""
 
     def __init__(self, limits: LoadLimits):
         self.limits = limits
 
-    def __call__(self, enc: Encoded) -> np.ndarray:
-        fmt, _, _ = enc.header or check_header(enc.data, enc.path, self.limits)
-        if fmt != "jpeg":
-            raise ImageLoadError(enc.path, f"a {fmt.upper()} file: decoding on the device reads "
-                                 "JPEG files only (without --decode-on-device every format "
-                                 "is read)")
-        return np.frombuffer(enc.data, np.uint8)
+    def __call__(self, enc: Encoded) -> Encoded:
+        header = enc.header or check_header(enc.data, enc.path, self.limits)
+        if header[0] != "jpeg":
+            raise ImageLoadError(enc.path, f"a {header[0].upper()} file: decoding on the device "
+                                 "reads JPEG files only (without --decode-on-device every "
+                                 "format is read)")
+        return enc._replace(header=header)
 
     def __repr__(self) -> str:
         return "images.check_header (JPEG only; limits, end marker)"
@@ -320,9 +319,9 @@ class JpegBytes:
 class IntoRow:
     """One file's bytes into its row of an :class:`EncodedRows` batch buffer."""
 
-    def __call__(self, x: np.ndarray, out: _Row) -> np.ndarray:
-        out.put(x)
-        return x
+    def __call__(self, enc: Encoded, out: _Row) -> Encoded:
+        out.put(np.frombuffer(enc.data, np.uint8))
+        return enc
 
     def __repr__(self) -> str:
         return "bytes into the batch (length first, zero-padded rows)"
@@ -464,8 +463,8 @@ def run_image(stages: Sequence[Stage], x, observer=None):
 
 def new_buffer(n: int, like):
     """An empty batch buffer for ``n`` items shaped and typed like ``like`` (NumPy or torch);
-    for encoded files (1-D uint8 arrays) an :class:`EncodedRows`."""
-    if isinstance(like, np.ndarray) and like.ndim == 1:
+    for encoded files an :class:`EncodedRows`."""
+    if isinstance(like, Encoded):
         return EncodedRows(n)
     if isinstance(like, np.ndarray):
         return np.empty((n, *like.shape), like.dtype)
