@@ -169,3 +169,16 @@ def test_check_reads_only_what_changed(tmp_path):
     # other settings, other records: --fast does not reuse the strict pass's verdicts
     fast = check_dataset(tmp_path / "d", CheckConfig(strict=False))
     assert fast.index["checked"] == 25
+
+
+def test_train_after_check_reads_the_headers_check_did_not_keep(tmp_path):
+    """`check` keeps its records (and hashes) without header facts; a `train` start after it
+    reads the headers it lacks and keeps the check's records in the same entries."""
+    make_tree(tmp_path / "d")
+    check_dataset(tmp_path / "d", CheckConfig())
+    setup = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    assert setup.info["index"]["checked"] == 25 and len(setup.bad_files) == 1
+    again = check_dataset(tmp_path / "d", CheckConfig())
+    assert again.index["checked"] == 0  # the check's records survived the headers' arrival
+    assert prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16)
+                        ).info["index"]["checked"] == 0

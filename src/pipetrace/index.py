@@ -146,15 +146,15 @@ class DatasetIndex:
     def checked(self, path: str, limits: LoadLimits = LoadLimits()) -> CheckedFile:
         """``images.check_file(path, limits)``, from the index while the file is unchanged."""
         key, entry, stamp = self._entry(path)
-        if entry is None:
+        if entry is None or entry[2] is None:  # unknown, or known only by its hash or check
             self.learnt += 1
             try:
                 facts, stamp = file_facts(path)
             except ImageLoadError as exc:
                 if stamp is not None:
-                    self._store(key, stamp, exc.reason)
+                    self._keep_facts(key, entry, stamp, exc.reason)
                 raise
-            self._store(key, stamp, list(facts))
+            self._keep_facts(key, entry, stamp, list(facts))
             return CheckedFile(*judge_header(facts, path, limits), stamp)
         self.known += 1
         if isinstance(entry[2], str):  # the header itself cannot be read
@@ -198,6 +198,15 @@ class DatasetIndex:
             entry = self._store(key, stamp, None)
         entry[4] = {**(entry[4] or {}), setting: record}
         self.changed = True
+
+    def _keep_facts(self, key: str, entry: list | None, stamp: tuple[int, int], facts) -> None:
+        """Header facts (or the reason there are none) into the file's entry: the entry the
+        index already has for this stamp keeps its hash and check records."""
+        if entry is not None and (entry[0], entry[1]) == stamp:
+            entry[2] = facts
+            self.changed = True
+        else:
+            self._store(key, stamp, facts)
 
     def _store(self, key: str, stamp: tuple[int, int], facts) -> list:
         entry = [stamp[0], stamp[1], facts, "", None]
