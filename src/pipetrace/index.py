@@ -196,6 +196,7 @@ class DatasetIndex:
             return
         if entry is None:
             entry = self._store(key, stamp, None)
+        entry[3] = entry[3] or record.get("sha256", "")  # the check hashed the file: keep it
         entry[4] = {**(entry[4] or {}), setting: record}
         self.changed = True
 

@@ -33,6 +33,7 @@ from .data import to_model_input
 from .distributed import DistInfo
 from .finetune import plan_freeze
 from .loop import (
+    enter_phase,
     epoch_seed,
     make_loaders,
     make_loop,
@@ -190,9 +191,8 @@ def range_test(cfg: TrainConfig, model: nn.Module, weights: WeightsReport | None
     frozen = freeze.frozen_at(0)
     opt, _ = build_optimizer(replace(cfg, schedule="constant"), model, test.steps,
                              pretrained=weights.pretrained if weights else frozenset())
-    freeze.apply(frozen)
     loop = make_loop(cfg, model, opt, None, device, amp, pre)
-    loop.eval_modules = freeze.norms if frozen else ()
+    enter_phase(loop, freeze, frozen, model, device, DistInfo())  # one process: no re-wrap
     ratios = [g["lr"] / cfg.lr for g in opt.param_groups]
     ramp = np.geomspace(test.start_lr, test.end_lr, test.steps)
     train_mode(loop)

@@ -24,14 +24,16 @@ def cmd_evaluate(args) -> int:
     from ..files import write_text_atomic
     from ..predict import resolve_checkpoint
     from ..report import terminal as term
+    from ..runfolder import write_predictions
 
     result = evaluate_run(args.model, args.data, split=args.split, workers=args.workers)
     out = Path(args.out) if args.out else resolve_checkpoint(args.model).parent / f"eval-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "predictions.csv", result.predictions.to_csv())
-    write_text_atomic(out / "errors.json", json.dumps(result.to_dict(), indent=1))
+    write_predictions(out, result.predictions)
+    doc = json.dumps(result.to_dict(), indent=1)
+    write_text_atomic(out / "errors.json", doc)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1))
+        print(doc)
     else:
         console = term.make_console()
         term.print_errors(console, result.errors)
