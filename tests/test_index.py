@@ -41,6 +41,11 @@ def make_tree(root: Path, per_class: int = 12, size: int = 16) -> list[Path]:
     return paths
 
 
+def indexed(root: Path) -> list[str]:
+    """The files an index file holds rows for."""
+    return json.loads((root / INDEX_NAME).read_text())["files"]["path"]
+
+
 def test_second_run_answers_from_the_index_and_a_touched_file_is_read_again(tmp_path):
     paths = make_tree(tmp_path / "d")
     cfg = TrainConfig(data=str(tmp_path / "d"), image_size=16)
@@ -88,11 +93,16 @@ def test_the_index_is_not_listed_by_the_scan_and_can_be_turned_off(tmp_path):
 
 def test_a_damaged_index_is_ignored_and_replaced(tmp_path):
     make_tree(tmp_path / "d")
-    (tmp_path / "d" / INDEX_NAME).write_text('{"format": "pipetrace-index", "version": 1, "fi')
+    (tmp_path / "d" / INDEX_NAME).write_text('{"format": "pipetrace-index", "version": 2, "fi')
     setup = prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
     assert setup.info["index"]["checked"] == 25
+    assert len(indexed(tmp_path / "d")) == 25
+    # a column of the wrong type (or length) makes the whole file foreign: read afresh
     doc = json.loads((tmp_path / "d" / INDEX_NAME).read_text())
-    assert len(doc["files"]) == 25
+    doc["files"]["size"][3] = "927"
+    (tmp_path / "d" / INDEX_NAME).write_text(json.dumps(doc))
+    assert prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16)
+                        ).info["index"]["checked"] == 25
 
 
 def test_an_unwritable_dataset_keeps_its_index_in_the_user_cache(tmp_path, monkeypatch):
@@ -115,7 +125,7 @@ def test_racy_files_are_not_kept(tmp_path):
     paths = make_tree(tmp_path / "d")
     os.utime(paths[0])  # modified just now: its stamp may not change with its next write
     prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
-    files = json.loads((tmp_path / "d" / INDEX_NAME).read_text())["files"]
+    files = indexed(tmp_path / "d")
     assert os.path.relpath(paths[0], tmp_path / "d") not in files and len(files) == 24
 
 
@@ -147,7 +157,7 @@ def test_two_builders_at_once_leave_a_whole_index_with_both_their_files(tmp_path
             seen += 1
         time.sleep(0.005)
     assert [p.returncode for p in procs] == [0, 0]
-    files = json.loads((tmp_path / "d" / INDEX_NAME).read_text())["files"]
+    files = indexed(tmp_path / "d")
     # the second writer merged what the first had written: every file is there
     assert sorted(files) == sorted(os.path.relpath(p, tmp_path / "d") for p in paths)
     assert not [p for p in (tmp_path / "d").iterdir() if p.name.endswith(".tmp")]
@@ -182,3 +192,34 @@ def test_train_after_check_reads_the_headers_check_did_not_keep(tmp_path):
     assert again.index["checked"] == 0  # the check's records survived the headers' arrival
     assert prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16)
                         ).info["index"]["checked"] == 0
+
+
+def test_the_quick_checks_are_kept_only_for_the_inputs_they_were_made_from(tmp_path, monkeypatch):
+    from pipetrace import doctor
+
+    paths = make_tree(tmp_path / "d")
+    cfg = TrainConfig(data=str(tmp_path / "d"), image_size=16)
+    first = prepare_data(cfg)
+    assert not [f for f in first.findings if f.check == "duplicate"]
+    # a file rewritten with another file's bytes (new stamp): the checks run again and see it
+    paths[14].write_bytes(paths[0].read_bytes())
+    os.utime(paths[14], (OLD + 20, OLD + 20))
+    second = prepare_data(cfg)
+    dup = [f for f in second.findings if f.check == "duplicate"]
+    assert len(dup) == 1 and set(dup[0].paths) == {str(paths[0]), str(paths[14])}
+
+    def fail(*args):
+        raise AssertionError("the quick checks ran again on an unchanged folder")
+
+    monkeypatch.setattr(doctor, "_quick_check", fail)
+    third = prepare_data(cfg)  # nothing changed: the findings are the kept ones
+    assert third.findings == second.findings
+    # other code (a changed pipetrace) or other settings: the kept findings are not used
+    monkeypatch.setattr(doctor, "_checks_code", lambda: b"other checks")
+    with pytest.raises(AssertionError, match="ran again"):
+        prepare_data(cfg)
+    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(doctor, "_quick_check", fail)
+        with pytest.raises(AssertionError, match="ran again"):
+            prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16, val_fraction=0.3))

@@ -27,6 +27,7 @@ Training does not pay for this second pass: ``check`` is the strict pass (see
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -37,9 +38,11 @@ import tempfile
 import time
 import unicodedata
 import warnings
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from PIL import Image
 
@@ -394,21 +397,61 @@ def _summary(name: str, scan: FolderScan, files: list[FileRecord]) -> SplitSumma
 
 def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[CheckedFile]]],
                 classes: Sequence[str], ignored: Sequence[tuple[str, str]] = (),
-                cfg: CheckConfig = CheckConfig(), *, digest=sha256_file) -> list[Finding]:
+                cfg: CheckConfig = CheckConfig(), *, index: DatasetIndex | None = None
+                ) -> list[Finding]:
     """What ``train`` can find without decoding: exact duplicates within and across splits
     (leakage), placeholders (by name, or the same small image saved again and again), numeric
     class order, and the ignored entries that matter (symlinks that lead astray).
 
     ``splits``: (name, readable samples, their :class:`~pipetrace.images.CheckedFile`) per
     split, as training will use them. Only files whose byte size equals another file's are
-    read and hashed, so a dataset of photos costs almost nothing; ``digest(path)`` gives the
-    hash (the dataset index's answers it from what it kept).
+    read and hashed, so a dataset of photos costs almost nothing.
+
+    With the dataset ``index`` the hashes come from it, and so do the findings themselves
+    when everything they are made from is what they were made from last time
+    (:func:`quick_check_digest`); otherwise they are computed, and kept in it.
     """
+    digest = quick_check_digest(splits, classes, ignored, cfg) if index is not None else ""
+    kept = index.findings(digest) if index is not None else None
+    if kept is not None:
+        return [Finding(**{**f, "paths": tuple(f["paths"])}) for f in kept]
+    found = _quick_check(splits, classes, ignored, cfg,
+                         index.sha256 if index is not None else lambda path, stamp: sha256_file(path))
+    if index is not None:
+        index.keep_findings(digest, [f.to_dict() for f in found])
+    return found
+
+
+def quick_check_digest(splits, classes, ignored, cfg: CheckConfig) -> str:
+    """SHA-256 of what the quick checks read: each split's paths, labels and file stamps (a
+    file's bytes, so its header and hash, are the index's for its stamp), the classes, the
+    ignored entries, the settings and the checks' own code."""
+    h = hashlib.sha256(_checks_code())
+    h.update(repr((list(classes), list(ignored), cfg)).encode("utf-8", "surrogatepass"))
+    for name, samples, checked in splits:
+        h.update(repr((name, len(samples))).encode())
+        h.update("\0".join(p for p, _ in samples).encode("utf-8", "surrogatepass"))
+        h.update(array("q", [label for _, label in samples]).tobytes())
+        h.update(array("q", [c.stamp[0] for c in checked]).tobytes())
+        h.update(array("q", [c.stamp[1] for c in checked]).tobytes())
+    return h.hexdigest()
+
+
+@functools.cache
+def _checks_code() -> bytes:
+    """The source of the quick checks (this module and checks.py): kept findings made by
+    other code are not reused."""
+    from . import checks
+
+    return b"".join(Path(m.__file__).read_bytes() for m in (sys.modules[__name__], checks))
+
+
+def _quick_check(splits, classes, ignored, cfg: CheckConfig, digest) -> list[Finding]:
     sizes = Counter(c.stamp[0] for _, _, checked in splits for c in checked)
     files = []
     for name, samples, checked in splits:
         for (path, label), c in zip(samples, checked, strict=True):
-            sha = digest(path) if sizes[c.stamp[0]] > 1 else ""
+            sha = digest(path, c.stamp) if sizes[c.stamp[0]] > 1 else ""
             files.append(FileRecord(path, name, classes[label], "loaded", format=c.fmt,
                                     width=c.width, height=c.height, sha256=sha))
     files += [FileRecord(p, "", None, "ignored", reason) for p, reason in ignored

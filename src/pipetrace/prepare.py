@@ -30,7 +30,6 @@ from .data import (
     to_model_input,
 )
 from .doctor import quick_check
-from .files import sha256_file
 from .findings import Finding
 from .images import CheckedFile, LoadLimits
 from .index import DatasetIndex
@@ -111,7 +110,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
     findings += quick_check([("train", train_samples, train_checked),
                              (val_name, val_samples, val_checked)], classes, ignored,
-                            digest=index.sha256 if index is not None else sha256_file)
+                            index=index)
     if index is not None:
         index.save()
     pre = preprocess or run_contract(cfg, expected)

@@ -11,6 +11,7 @@ find a dataset's splits (training, ``predict`` and ``check`` all use it).
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ def _inside(path: str, root_real: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _walk_files(top: str, root_real: str, seen: set[str], ignored: list,
                 class_real: str | None = None) -> list[str]:
     """Files under ``top``, sorted; follow symlinks once, stay inside the root and inside the
@@ -84,14 +88,25 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list,
     seen.add(real)
     files: list[str] = []
     try:
-        # Real entries before symlinks, so an alias never displaces the file it points to.
-        entries = sorted(os.scandir(top), key=lambda e: (e.is_symlink(), e.name))
+        entries = sorted(os.scandir(top), key=_NAME)
     except OSError as exc:
         ignored.append((top, f"cannot list folder: {exc.strerror or exc}"))
         return []
+    # Real entries before symlinks, so an alias never displaces the file it points to.
+    entries.sort(key=os.DirEntry.is_symlink)  # stable: by name within each
+    inside = real + os.sep
     for entry in entries:
-        path = entry.path
-        if is_hidden_or_junk(entry.name):
+        path, name = entry.path, entry.name
+        if (name.lower().endswith(IMAGE_EXTENSIONS) and name[0] != "." and not entry.is_symlink()
+                and entry.is_file(follow_symlinks=False)):  # the common case, kept short
+            target = inside + name  # a plain file's real path: its folder's plus its name
+            if target in seen:
+                ignored.append((path, ALIASED_FILE))
+            else:
+                seen.add(target)
+                files.append(path)
+            continue
+        if is_hidden_or_junk(name):
             ignored.append((path, "hidden or system file/folder"))
             continue
         try:
