@@ -77,9 +77,10 @@ def test_most_confused_pairs_count_the_off_diagonal():
     assert a.most_confused == [("cat", "dog", 2), ("dog", "cat", 1), ("fox", "dog", 1)]
 
 
-def test_confident_learning_finds_planted_label_errors():
-    """A model right on 90% of 600 images of 4 classes; 30 labels flipped: the flipped ones
-    are found, few of the model's own mistakes are flagged."""
+def test_label_issues_find_planted_errors_and_not_the_models_own_mistakes():
+    """A model right on 90% of 600 images of 4 classes, whose mistakes keep some probability
+    on the true class (as a real model's do: a cat taken for a dog still looks a bit like a
+    cat); 30 labels flipped. The flipped ones are found, the mistakes are not flagged."""
     rng = np.random.default_rng(1)
     n, c = 600, 4
     truth = rng.integers(0, c, n)
@@ -89,17 +90,21 @@ def test_confident_learning_finds_planted_label_errors():
     probs = np.full((n, c), 0.0)
     probs[np.arange(n), guess] = conf
     probs += (1 - conf)[:, None] / c
+    share = rng.uniform(0.1, 0.35, n)  # a mistake's probability left on the true class
+    probs[~right, truth[~right]] += share[~right]
     probs /= probs.sum(1, keepdims=True)
     flipped = rng.choice(np.flatnonzero(right), 30, replace=False)
     given = truth.copy()
     given[flipped] = (truth[flipped] + 1) % c
     issues, thresholds = label_issues(predictions(given, probs))
     found = {e.index for e in issues}
-    recall = len(found & set(flipped.tolist())) / len(flipped)
-    assert recall >= 0.9, recall
-    assert set(thresholds) == {f"c{i}" for i in range(c)}
+    assert len(found & set(flipped.tolist())) / len(flipped) >= 0.9
+    assert len(found - set(flipped.tolist())) <= 3  # of the model's ~60 mistakes
+    # each threshold is the class's mean probability on the images labelled otherwise
+    for j in range(c):
+        assert thresholds[f"c{j}"] == pytest.approx(probs[given != j, j].mean())
     clean, _ = label_issues(predictions(truth, probs))
-    assert len(clean) <= 0.1 * n  # the model's own errors, not label errors, flag some
+    assert len(clean) <= 3 and (guess != truth).sum() > 40
     assert all(e.p_predicted > e.p_given for e in issues)
     margins = [e.p_predicted - e.p_given for e in issues]
     assert margins == sorted(margins, reverse=True)

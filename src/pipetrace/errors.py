@@ -8,12 +8,20 @@ top-5 accuracy, calibration (expected calibration error and a reliability diagra
 likely label errors.
 
 Likely label errors follow confident learning (Northcutt, Jiang and Chuang, "Confident
-Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021), the method behind cleanlab:
-each class j gets a threshold t_j, the mean probability the model gives j on the images
-labelled j; an image labelled y is a likely label error when some other class j reaches its
-own threshold (p_j >= t_j) and is the likeliest such class, while p_y stays under t_y. The
-list is ranked by the margin p_j - p_y. The predictions must come from a model that did not
-train on those images (validation), or the model has learnt their labels, right or wrong.
+Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021, the method behind cleanlab)
+in taking each class's threshold from the model's own probabilities, but set it where the
+class is *absent*: a_j, the mean probability the model gives class j on the images labelled
+otherwise. An image labelled y is a likely label error when the model predicts another class
+and gives y no more than a_y, i.e. its label looks as absent as the label of an image of
+another class. The list is ranked by the margin p_predicted - p_y. Why not confident
+learning's own rule (another class j reaches t_j, the mean p_j over the images labelled j):
+it flags the model's confident mistakes as readily as wrong labels, where a model that is
+wrong still gives the true class a share (a cat taken for a dog keeps p_cat ~ 0.17 on the
+median) and a wrong label gets what any absent class gets. Measured on CIFAR-10 with 500
+planted errors (``make bench-errors``, docs/performance.md): precision 0.92 and recall 0.84
+against confident learning's 0.80 and 0.71, and 31 flags on the clean copy against 69. The
+predictions must come from a model that did not train on those images (validation), or the
+model has learnt their labels, right or wrong.
 """
 
 from __future__ import annotations
@@ -132,10 +140,10 @@ class ErrorAnalysis:
     calibration: list[CalibrationBin]
     top_losses: list[ImageError]  # the images with the highest loss, worst first
     label_issues: list[ImageError]  # likely label errors, likeliest first
-    label_thresholds: dict[str, float]  # confident learning's per-class threshold t_j
-    method: str = ("confident learning (Northcutt et al. 2021): another class j reaches its "
-                   "threshold t_j (the mean p_j over the images labelled j) while the given "
-                   "class stays under its own; ranked by p_j - p_given")
+    label_thresholds: dict[str, float]  # the per-class threshold a_j of label_issues
+    method: str = ("confident learning's per-class thresholds at the absent level: the model "
+                   "predicts another class and gives the given class y no more than a_y, the "
+                   "mean p_y over the images labelled otherwise; ranked by p_predicted - p_y")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -176,25 +184,22 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_B
 
 
 def label_issues(pred: Predictions) -> tuple[list[ImageError], dict[str, float]]:
-    """Likely label errors by confident learning (see the module docstring)."""
+    """Likely label errors and the per-class thresholds a_j (see the module docstring)."""
     probs, labels, n_classes = pred.probs, pred.labels, len(pred.classes)
-    thresholds = np.full(n_classes, np.inf)
+    absent = np.full(n_classes, -np.inf)  # no image of another class: nothing is flagged
     for j in range(n_classes):
-        mine = labels == j
-        if mine.any():
-            thresholds[j] = probs[mine, j].mean()
-    reached = probs >= thresholds[None, :]  # (N, C): class j is confidently present
-    suggested = np.where(reached, probs, -1.0).argmax(1)
-    any_reached = reached.any(1)
+        others = labels != j
+        if others.any():
+            absent[j] = probs[others, j].mean()
     rows = np.arange(len(pred))
-    p_given = probs[rows, labels]
-    issue = any_reached & (suggested != labels) & (p_given < thresholds[labels])
+    p_given, predicted = probs[rows, labels], pred.predicted
+    issue = (predicted != labels) & (p_given <= absent[labels])
     found = [ImageError(int(i), pred.paths[i], pred.classes[labels[i]],
-                        pred.classes[suggested[i]], float(p_given[i]),
-                        float(probs[i, suggested[i]]), float(pred.losses[i]))
+                        pred.classes[predicted[i]], float(p_given[i]),
+                        float(probs[i, predicted[i]]), float(pred.losses[i]))
              for i in np.flatnonzero(issue)]
     found.sort(key=lambda e: e.p_predicted - e.p_given, reverse=True)
-    return found, {c: float(t) for c, t in zip(pred.classes, thresholds, strict=True)
+    return found, {c: float(t) for c, t in zip(pred.classes, absent, strict=True)
                    if np.isfinite(t)}
 
 

@@ -95,7 +95,7 @@ def print_error_summary(console: Console, e: ErrorAnalysis, rows: int = 5) -> No
                   f"macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}"
                   + (f"; most confused: {worst}" if worst else ""), markup=False)
     if e.label_issues:
-        console.print(f"Likely label errors: {len(e.label_issues)} (confident learning), first: "
+        console.print(f"Likely label errors: {len(e.label_issues)}, first: "
                       + ", ".join(f"{clean(display_name(x.path))} given {clean(x.given)}, looks "
                                   f"like {clean(x.predicted)} ({x.p_predicted:.2f})"
                                   for x in e.label_issues[:rows]), markup=False)
