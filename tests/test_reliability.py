@@ -229,6 +229,7 @@ KILLER = """
 """
 
 
+@pytest.mark.slow  # kills a child process mid-write: `make test-slow` (CI runs it)
 def test_sigkill_during_checkpoint_save_leaves_a_loadable_checkpoint(tmp_path):
     proc = run_python(KILLER, str(tmp_path / "last.pt"), "150", "7")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
