@@ -131,3 +131,12 @@ def test_a_run_records_its_predictions_and_the_cli_reads_them(demo_run, tmp_path
     assert "Per class" in again.stdout and "Likely label errors" in again.stdout
     redo = Predictions.from_csv((tmp_path / "ev" / "predictions.csv").read_text())
     assert redo.paths == pred.paths and np.array_equal(redo.labels, pred.labels)
+
+
+def test_label_issues_skip_nan_rows_and_ties():
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.85, 0.05], [0.05, 0.9, 0.05],
+                      [0.05, 0.05, 0.9], [0.45, 0.45, 0.1], [np.nan, np.nan, np.nan]])
+    labels = [1, 1, 0, 2, 1, 2]  # row 0 and row 2 look mislabelled; row 4 is a tie
+    issues, thresholds = label_issues(predictions(labels, probs))
+    assert sorted(e.index for e in issues) == [0, 2]
+    assert all(np.isfinite(t) for t in thresholds.values()) and len(thresholds) == 3

@@ -127,6 +127,8 @@ def test_racy_files_are_not_kept(tmp_path):
     prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
     files = indexed(tmp_path / "d")
     assert os.path.relpath(paths[0], tmp_path / "d") not in files and len(files) == 24
+    # nor the quick checks' findings, which were made from that file's bytes too
+    assert json.loads((tmp_path / "d" / INDEX_NAME).read_text())["quick"] is None
 
 
 BUILD = """
@@ -223,3 +225,47 @@ def test_the_quick_checks_are_kept_only_for_the_inputs_they_were_made_from(tmp_p
         m.setattr(doctor, "_quick_check", fail)
         with pytest.raises(AssertionError, match="ran again"):
             prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16, val_fraction=0.3))
+
+
+def test_a_second_save_keeps_what_the_first_merged(tmp_path):
+    paths = [str(p) for p in make_tree(tmp_path / "d")]
+    a, b = DatasetIndex.open(tmp_path / "d"), DatasetIndex.open(tmp_path / "d")
+    b.checked(paths[0])
+    b.save()
+    a.checked(paths[1])
+    a.save()  # merges b's row
+    a.checked(paths[2])
+    a.save()
+    assert sorted(indexed(tmp_path / "d")) == sorted(
+        os.path.relpath(p, tmp_path / "d") for p in paths[:3])
+
+
+@pytest.mark.parametrize("junk", [[1, 2], [{"check": "leakage"}], [{"bogus": 1, "paths": []}]])
+def test_kept_findings_that_are_not_findings_are_made_afresh(tmp_path, junk):
+    make_tree(tmp_path / "d")
+    cfg = TrainConfig(data=str(tmp_path / "d"), image_size=16)
+    first = prepare_data(cfg)
+    doc = json.loads((tmp_path / "d" / INDEX_NAME).read_text())
+    doc["quick"]["findings"] = junk  # the digest left as it was: only the records are wrong
+    (tmp_path / "d" / INDEX_NAME).write_text(json.dumps(doc))
+    assert prepare_data(cfg).findings == first.findings
+
+
+def test_damaged_rows_and_records_are_not_used(tmp_path):
+    make_tree(tmp_path / "d")
+    cfg = TrainConfig(data=str(tmp_path / "d"), image_size=16)
+    prepare_data(cfg)
+    check_dataset(tmp_path / "d", CheckConfig())
+    doc = json.loads((tmp_path / "d" / INDEX_NAME).read_text())
+    good = json.dumps(doc)
+    row = next(i for i, f in enumerate(doc["files"]["fmt"]) if f is not None)
+    doc["files"]["width"][row] = None  # a header's facts without its width: not our file
+    (tmp_path / "d" / INDEX_NAME).write_text(json.dumps(doc))
+    assert prepare_data(cfg).info["index"]["checked"] == 25
+    doc = json.loads(good)
+    for records in filter(None, doc["files"]["check"]):
+        for setting in records:
+            records[setting] = {"x": 1}  # check's records, damaged
+    (tmp_path / "d" / INDEX_NAME).write_text(json.dumps(doc))
+    again = check_dataset(tmp_path / "d", CheckConfig())
+    assert again.index["checked"] == 25 and again.findings

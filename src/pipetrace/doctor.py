@@ -27,6 +27,7 @@ Training does not pay for this second pass: ``check`` is the strict pass (see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import io
@@ -362,10 +363,10 @@ def inspect_with_index(path: str, index: DatasetIndex | None, *, split: str, lab
     if index is None:
         return inspect_file(path, split=split, label=label, cfg=cfg, stderr=stderr)
     setting = f"strict={cfg.strict} limits={tuple(asdict(cfg.limits).values())}"
-    kept = index.record(path, setting)
+    kept = _revived(FileRecord, index.record(path, setting), path=path, split=split, label=label)
     if kept is not None:
         index.known += 1
-        return FileRecord(path, split, label, **{**kept, "conversions": tuple(kept["conversions"])})
+        return kept
     stamp = index.stamp(path)
     rec = inspect_file(path, split=split, label=label, cfg=cfg, stderr=stderr)
     index.learnt += 1
@@ -414,7 +415,9 @@ def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[
     digest = quick_check_digest(splits, classes, ignored, cfg) if index is not None else ""
     kept = index.findings(digest) if index is not None else None
     if kept is not None:
-        return [Finding(**{**f, "paths": tuple(f["paths"])}) for f in kept]
+        revived = [_revived(Finding, f) for f in kept]
+        if all(f is not None and f.severity in SEVERITIES for f in revived):
+            return revived
     found = _quick_check(splits, classes, ignored, cfg,
                          index.sha256 if index is not None else lambda path, stamp: sha256_file(path))
     if index is not None:
@@ -422,10 +425,33 @@ def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[
     return found
 
 
+def _revived(cls, kept, **given):
+    """``cls(**given, **kept)`` when ``kept``, a record from the dataset index (a file anyone
+    can edit), holds exactly the class's other fields, each of its field's type (that of its
+    default; text where there is none; a tuple of text as a list); else None, and the caller
+    computes the record afresh."""
+    if not isinstance(kept, dict):
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in given}
+    if set(kept) != set(fields):
+        return None
+    values = {}
+    for name, value in kept.items():
+        default = fields[name].default
+        if isinstance(default, tuple):
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                return None
+            value = tuple(value)
+        elif type(value) is not (str if default is dataclasses.MISSING else type(default)):
+            return None
+        values[name] = value
+    return cls(**given, **values)
+
+
 def quick_check_digest(splits, classes, ignored, cfg: CheckConfig) -> str:
     """SHA-256 of what the quick checks read: each split's paths, labels and file stamps (a
     file's bytes, so its header and hash, are the index's for its stamp), the classes, the
-    ignored entries, the settings and the checks' own code."""
+    ignored entries, the settings and the code that makes the findings."""
     h = hashlib.sha256(_checks_code())
     h.update(repr((list(classes), list(ignored), cfg)).encode("utf-8", "surrogatepass"))
     for name, samples, checked in splits:
@@ -439,11 +465,16 @@ def quick_check_digest(splits, classes, ignored, cfg: CheckConfig) -> str:
 
 @functools.cache
 def _checks_code() -> bytes:
-    """The source of the quick checks (this module and checks.py): kept findings made by
-    other code are not reused."""
-    from . import checks
+    """The source of the modules that make the quick checks' findings and their text, so
+    findings kept by other code are not reused (pipetrace's version where the source cannot
+    be read, e.g. from a zip)."""
+    from . import __version__, checks, findings, scan, text
 
-    return b"".join(Path(m.__file__).read_bytes() for m in (sys.modules[__name__], checks))
+    try:
+        return b"".join(Path(m.__file__).read_bytes()
+                        for m in (sys.modules[__name__], checks, findings, scan, text))
+    except (OSError, TypeError):
+        return __version__.encode()
 
 
 def _quick_check(splits, classes, ignored, cfg: CheckConfig, digest) -> list[Finding]:

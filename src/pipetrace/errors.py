@@ -12,7 +12,7 @@ Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021, the method behin
 in taking each class's threshold from the model's own probabilities, but set it where the
 class is *absent*: a_j, the mean probability the model gives class j on the images labelled
 otherwise. An image labelled y is a likely label error when the model predicts another class
-and gives y no more than a_y, i.e. its label looks as absent as the label of an image of
+(strictly likelier than y) and gives y no more than a_y, i.e. its label looks as absent as the label of an image of
 another class. The list is ranked by the margin p_predicted - p_y. Why not confident
 learning's own rule (another class j reaches t_j, the mean p_j over the images labelled j):
 it flags the model's confident mistakes as readily as wrong labels, where a model that is
@@ -186,14 +186,16 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_B
 def label_issues(pred: Predictions) -> tuple[list[ImageError], dict[str, float]]:
     """Likely label errors and the per-class thresholds a_j (see the module docstring)."""
     probs, labels, n_classes = pred.probs, pred.labels, len(pred.classes)
+    finite = np.isfinite(probs).all(1)  # a row with NaN (a diverged model) is never flagged
     absent = np.full(n_classes, -np.inf)  # no image of another class: nothing is flagged
     for j in range(n_classes):
-        others = labels != j
+        others = (labels != j) & finite
         if others.any():
             absent[j] = probs[others, j].mean()
     rows = np.arange(len(pred))
     p_given, predicted = probs[rows, labels], pred.predicted
-    issue = (predicted != labels) & (p_given <= absent[labels])
+    issue = (finite & (predicted != labels) & (p_given <= absent[labels])
+             & (probs[rows, predicted] > p_given))  # a tie is no suggestion
     found = [ImageError(int(i), pred.paths[i], pred.classes[labels[i]],
                         pred.classes[predicted[i]], float(p_given[i]),
                         float(probs[i, predicted[i]]), float(pred.losses[i]))

@@ -16,8 +16,10 @@ relative to the dataset root:
 
 It also keeps the findings of ``train``'s quick checks (``doctor.quick_check``) under a
 digest of everything they read (the files' paths, labels and stamps, the classes, the
-ignored entries, the settings and pipetrace's version): a start whose digest is the same
-has the same findings, and a start on a changed folder runs the checks again.
+ignored entries, the settings and the code that makes them): a start whose digest is the
+same has the same findings, and a start on a changed folder runs the checks again. Kept
+findings and ``check``'s kept records are checked field by field before use (the file is
+anyone's to edit); a damaged one is made afresh.
 
 The file is columnar (one list per field, rows in the same order): on 200,000 files it
 parses in a fifth of the time a list per file took, and rows are found through one
@@ -130,14 +132,18 @@ class DatasetIndex:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with _folder_lock(path.parent):  # read, merge, replace: one writer at a time
-                    cols, quick = self.cols, self.quick
                     if path != self.where or _identity(path) != self._read_as:
                         disk = _read(path)  # another writer was here since: keep its rows
                         if disk is not None:
-                            cols, quick = _merge(cols, disk[0]), quick or disk[1]
+                            self.cols = _merge(self.cols, disk[0], self.base)
+                            self.rows = {k: i for i, k in enumerate(self.cols["path"])}
+                            self.quick = self.quick or disk[1]
+                    files = _settled(self.cols)
+                    # findings made from a file too young to keep are not kept either
+                    quick = self.quick if files is self.cols else None
                     write_bytes_atomic(path, json.dumps(
                         {"format": FORMAT, "version": VERSION, "root": self.root,
-                         "files": _settled(cols), "quick": quick},
+                         "files": files, "quick": quick},
                         separators=(",", ":")).encode("ascii"))
                     self._read_as = _identity(path)  # ours: the next save need not merge
             except OSError:
@@ -301,7 +307,12 @@ def _read(path: Path) -> tuple[dict[str, list], dict | None, tuple] | None:
     if not all(isinstance(cols.get(c), list) and set(map(type, cols[c])) <= _TYPES[c]
                and len(cols[c]) == len(cols["path"]) for c in COLUMNS):
         return None
-    if len(set(cols["path"])) != len(cols["path"]):
+    if len(set(cols["path"])) != len(cols["path"]) or not all(
+            type(w) is int and type(h) is int and w > 0 and h > 0 and type(c) is bool
+            and type(n) is int for f, w, h, c, n in zip(
+                cols["fmt"], cols["width"], cols["height"], cols["complete"], cols["scans"],
+                strict=True)
+            if f is not None):  # a header's facts are whole, or the row is not ours
         return None
     if not (quick is None or (isinstance(quick, dict) and isinstance(quick.get("digest"), str)
             and isinstance(quick.get("findings"), list))):
@@ -318,9 +329,10 @@ def _settled(cols: dict[str, list]) -> dict[str, list]:
     return {c: [v[i] for i in keep] for c, v in cols.items()}
 
 
-def _merge(mine: dict[str, list], disk: dict[str, list]) -> dict[str, list]:
-    """``mine`` plus what the file on disk knows that ``mine`` lacks, for the same stamps
-    (a file's row on disk for another stamp gives way to mine)."""
+def _merge(mine: dict[str, list], disk: dict[str, list], base: str) -> dict[str, list]:
+    """``mine`` plus what the file on disk knows that ``mine`` lacks, for the same stamps;
+    where the two rows of a file have different stamps, the one that is the file's stamp now
+    (the files are under ``base``), mine if neither is."""
     out = {c: list(v) for c, v in mine.items()}
     rows = {k: i for i, k in enumerate(out["path"])}
     for j, key in enumerate(disk["path"]):
@@ -328,7 +340,17 @@ def _merge(mine: dict[str, list], disk: dict[str, list]) -> dict[str, list]:
         if i is None:
             for c in COLUMNS:
                 out[c].append(disk[c][j])
-        elif (out["size"][i], out["mtime"][i]) == (disk["size"][j], disk["mtime"][j]):
+            continue
+        theirs = (disk["size"][j], disk["mtime"][j])
+        if (out["size"][i], out["mtime"][i]) != theirs:
+            try:
+                st = os.stat(os.path.join(base, key))
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns) == theirs:  # mine is the older: theirs replaces it
+                for c in COLUMNS:
+                    out[c][i] = disk[c][j]
+        else:
             if out["fmt"][i] is None and not out["error"][i]:
                 for c in (*FACTS, "error"):
                     out[c][i] = disk[c][j]
