@@ -141,9 +141,10 @@ class ErrorAnalysis:
     top_losses: list[ImageError]  # the images with the highest loss, worst first
     label_issues: list[ImageError]  # likely label errors, likeliest first
     label_thresholds: dict[str, float]  # the per-class threshold a_j of label_issues
-    method: str = ("confident learning's per-class thresholds at the absent level: the model "
-                   "predicts another class and gives the given class y no more than a_y, the "
-                   "mean p_y over the images labelled otherwise; ranked by p_predicted - p_y")
+    method: str = ("per-class thresholds from the model's probabilities, as in confident "
+                   "learning, set where a class is absent: the model predicts another class, "
+                   "strictly likelier, and gives the given class y no more than a_y, the mean "
+                   "p_y over the images labelled otherwise; ranked by p_predicted - p_y")
 
     def to_dict(self) -> dict:
         d = asdict(self)
