@@ -21,6 +21,7 @@ import pytest
 
 import pipetrace
 from pipetrace.distributed import DistInfo, RankRecord, ShardSampler
+from pipetrace.evaluate import read_predictions
 from pipetrace.shapes import ShapesConfig, render
 from pipetrace.train import TrainConfig, fit
 
@@ -138,6 +139,10 @@ def test_validation_counts_every_image_exactly_once(ddp_run):
     assert sum(map(sum, confusion)) == VAL_IMAGES  # both shards, no repeats, none dropped
     correct = sum(confusion[i][i] for i in range(len(confusion)))
     assert doc["training"]["epochs"][-1]["val_acc"] == pytest.approx(correct / VAL_IMAGES)
+    # each image's probabilities, gathered from both shards to rank 0: every file once
+    pred = read_predictions(run)
+    assert len(pred) == len(set(pred.paths)) == VAL_IMAGES
+    assert float((pred.predicted == pred.labels).mean()) == pytest.approx(correct / VAL_IMAGES)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(ddp_run, shapes, tmp_path):

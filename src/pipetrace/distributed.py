@@ -102,6 +102,16 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's ``obj``, in rank order, on rank 0 only (None on the others): for what
+    only rank 0 writes, such as each validation image's probabilities."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
 def check_same_everywhere(value, info: DistInfo, *, what: str) -> None:
     """Raise the same ValueError on every rank unless all ranks hold an equal ``value``."""
     values = gather_objects(value, info)

@@ -27,7 +27,7 @@ from .distributed import (
     ShardSampler,
     all_reduce_sum,
     check_same_everywhere,
-    gather_objects,
+    gather_to_main,
     run_on_main,
 )
 from .errors import Predictions
@@ -243,7 +243,8 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
              dist: DistInfo = DistInfo()) -> dict:
     """Loss, accuracy and confusion matrix over the whole validation set (all ranks), and
     each image's probabilities and loss (``per_image``: dataset indices, (N, C) probabilities,
-    (N,) losses, in dataset order, every rank's images) for the error analysis.
+    (N,) losses, in dataset order, every rank's images) for the error analysis, on rank 0
+    (None on the others: only rank 0 writes them).
 
     ``tta``: logits averaged over the image and its mirror; ``tta_shift``: half the weight
     goes to the views translated by that many pixels up-left and down-right (airbench)."""
@@ -269,9 +270,10 @@ def evaluate(model: nn.Module, loader, pre: Preprocess, *, device, amp=None, cha
                      losses.cpu().numpy()))
     loss, acc, n = sums.reduce(dist)
     confusion = all_reduce_sum(confusion, dist)
+    per_rank = gather_to_main(rows, dist)
     return {"loss": loss, "acc": acc, "count": n, "bad": bad,
             "confusion": confusion.view(num_classes, num_classes).cpu().tolist(),
-            "per_image": _in_dataset_order(gather_objects(rows, dist), num_classes)}
+            "per_image": None if per_rank is None else _in_dataset_order(per_rank, num_classes)}
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, *, flip: bool, shift: int) -> torch.Tensor:
