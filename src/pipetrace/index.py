@@ -23,7 +23,7 @@ anyone's to edit); a damaged one is made afresh.
 
 The file is columnar (one list per field, rows in the same order): on 200,000 files it
 parses in a fifth of the time a list per file took, and rows are found through one
-``path -> row`` dict, so a start from it costs little more than one ``stat`` per file.
+``path -> row`` dict: an answer costs one ``stat`` of the file and a few lookups.
 
 Where: ``DATA/.pipetrace-index.json`` beside the dataset when that folder is writable, else
 ``<user cache dir>/pipetrace/index/<hash of the dataset's real path>.json`` (platformdirs:
