@@ -140,3 +140,51 @@ def test_label_issues_skip_nan_rows_and_ties():
     issues, thresholds = label_issues(predictions(labels, probs))
     assert sorted(e.index for e in issues) == [0, 2]
     assert all(np.isfinite(t) for t in thresholds.values()) and len(thresholds) == 3
+
+
+def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_out(tmp_path):
+    """No val/ folder: the run held out 30% of the files; `evaluate --split val` scores those
+    very files (not every file, training images included), `--split train` the rest."""
+    from conftest import coloured_image, write_image
+    from pipetrace.evaluate import evaluate_run
+    from pipetrace.train import TrainConfig, fit
+
+    root = tmp_path / "data"
+    for c, cls in enumerate(("ant", "bee")):
+        for i in range(10):
+            img = coloured_image(24, 24, seed=10 * c + i)
+            write_image(root / cls / f"{i}.jpg", 255 - img if c else img)
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny", image_size=64,
+                    epochs=1, batch_size=8, val_fraction=0.3, seed=3))
+    held_out = set(Predictions.from_csv((run / "predictions.csv").read_text()).paths)
+    assert len(held_out) == 6
+    val = evaluate_run(str(run), split="val")
+    assert set(val.predictions.paths) == held_out
+    train = evaluate_run(str(run), split="train")
+    assert not set(train.predictions.paths) & held_out and len(train.predictions) == 14
+    assert len(evaluate_run(str(run), split="all").predictions) == 20
+
+
+def test_an_evaluation_is_never_overwritten(tmp_path, capsys):
+    from conftest import coloured_image, write_image
+    from pipetrace.cli import main
+    from pipetrace.train import TrainConfig, fit
+
+    root = tmp_path / "data"
+    for c, cls in enumerate(("ant", "bee")):
+        for i in range(6):
+            write_image(root / cls / f"{i}.jpg", coloured_image(24, 24, seed=10 * c + i))
+    run = tmp_path / "run"
+    fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny", image_size=64,
+                    epochs=1, batch_size=8, val_fraction=0.3))
+    assert main(["evaluate", str(run), "--split", "all"]) == 0
+    first = (run / "eval-all" / "errors.json").read_bytes()
+    assert main(["evaluate", str(run), "--split", "all"]) == 0  # the next free folder
+    assert (run / "eval-all2" / "errors.json").is_file()
+    assert (run / "eval-all" / "errors.json").read_bytes() == first
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds an evaluation" in err
+    assert (run / "eval-all" / "errors.json").read_bytes() == first

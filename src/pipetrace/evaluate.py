@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import ImageDataset, LoaderConfig, make_loader
+from .data import split_samples as split_by_seed
 from .errors import ErrorAnalysis, Predictions, analyse
 from .predict import LoadedModel, load_model
 from .scan import find_splits, scan_image_folder
@@ -37,29 +38,46 @@ class Evaluation:
                 "unreadable": [list(u) for u in self.unreadable]}
 
 
-def split_samples(data: str | os.PathLike, split: str, classes: list[str]
-                  ) -> list[tuple[str, int]]:
+def split_samples(data: str | os.PathLike, split: str, classes: list[str], *,
+                  held_out: tuple[float, int] | None = None) -> list[tuple[str, int]]:
     """The (path, class index) samples of ``split`` ("val", "train" or "all") of ``data``,
-    numbered by the checkpoint's ``classes``; other class folders are left out."""
+    numbered by the checkpoint's ``classes``; other class folders are left out.
+
+    Without a val/ (or test/) folder, "val" is what the run held out of its training images:
+    ``held_out`` = (the run's ``val_fraction``, its ``seed``), drawn by the trainer's own
+    :func:`pipetrace.data.split_samples`, and "train" is the rest; a run that held out
+    nothing has no "val" there.
+    """
     root = os.fspath(data)
     if not os.path.isdir(root):
         raise ValueError(f"no dataset folder {root!r}")
     splits = find_splits(root)
-    if split == "all" or (splits.layout == "single" and split == "val"):
-        folder = root
-    elif split == "train":
-        folder = splits.train.root
-    elif split == "val":
-        if splits.val is None:
-            raise ValueError(f"{root!r} has no val/ or test/ folder: use --split train or all")
-        folder = splits.val.root
-    else:
+    if split not in ("val", "train", "all"):
         raise ValueError(f"unknown split {split!r}: use val, train or all")
-    scan = scan_image_folder(folder, classes=list(classes))
-    if not scan.samples:
+    if split == "all":  # every split folder (the root itself when it holds the classes)
+        folder = root
+        samples = [s for _, scan in splits.named()
+                   for s in scan_image_folder(scan.root, classes=list(classes)).samples]
+    elif split == "val" and splits.val is not None:
+        folder = splits.val.root
+        samples = scan_image_folder(folder, classes=list(classes)).samples
+    elif splits.val is None and held_out is not None and held_out[0] > 0:
+        folder = splits.train.root  # the run's split of these very folders, then its classes
+        train, val = split_by_seed(splits.train.samples, *held_out)
+        index = {c: i for i, c in enumerate(classes)}
+        samples = [(p, index[splits.train.classes[label]])
+                   for p, label in (val if split == "val" else train)
+                   if splits.train.classes[label] in index]
+    elif split == "val":
+        raise ValueError(f"{root!r} has no val/ or test/ folder and the run held out no "
+                         "validation images from it: use --split train or all")
+    else:
+        folder = splits.train.root
+        samples = scan_image_folder(folder, classes=list(classes)).samples
+    if not samples:
         raise ValueError(f"no images of the checkpoint's classes ({', '.join(classes[:5])}"
                          f"{', ...' if len(classes) > 5 else ''}) under {folder!r}")
-    return scan.samples
+    return samples
 
 
 def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str = "val",
@@ -70,7 +88,9 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
 
     lm = load_model(lm) if not isinstance(lm, LoadedModel) else lm
     data = data or (lm.checkpoint.get("train_config") or {}).get("data") or ""
-    samples = split_samples(data, split, lm.classes)
+    train_cfg = lm.checkpoint.get("train_config") or {}
+    samples = split_samples(data, split, lm.classes, held_out=(
+        float(train_cfg.get("val_fraction") or 0.0), int(train_cfg.get("seed") or 0)))
     ds = ImageDataset(samples, lm.preprocess, path=lm.loader_path)  # the contract's pipeline
     loader = make_loader(ds, LoaderConfig(batch_size=batch_size, workers=workers),
                          shuffle=False)

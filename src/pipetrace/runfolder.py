@@ -48,9 +48,13 @@ class RunFolderError(ValueError):
     """A run folder that cannot be written now; ``str()`` is one line with what to do."""
 
 
-def holds_run(run: str | os.PathLike) -> bool:
-    """True when ``run`` holds (part of) a run: its config, a checkpoint, metrics or trace."""
-    return any((Path(run) / name).exists() for name in RUN_MARKERS)
+EVAL_MARKERS = ("predictions.csv", "errors.json")  # what `pipetrace evaluate` writes
+
+
+def holds_run(run: str | os.PathLike, markers: tuple[str, ...] = RUN_MARKERS) -> bool:
+    """True when ``run`` holds (part of) a run: its config, a checkpoint, metrics or trace
+    (``markers``: the files that say so; :data:`EVAL_MARKERS` for an evaluation)."""
+    return any((Path(run) / name).exists() for name in markers)
 
 
 _held: dict[str, int] = {}  # real path of a run folder -> the lock file this process holds
@@ -128,17 +132,19 @@ def numbered(base: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def claim_next_free(base: str | os.PathLike) -> Iterator[Path]:
-    """Claim the first of ``base``, ``base2``, ... that holds no run and no other writer."""
+def claim_next_free(base: str | os.PathLike, markers: tuple[str, ...] = RUN_MARKERS
+                    ) -> Iterator[Path]:
+    """Claim the first of ``base``, ``base2``, ... that holds no run (``markers``) and no
+    other writer."""
     for run in numbered(base):
-        if holds_run(run):
+        if holds_run(run, markers):
             continue
         with contextlib.ExitStack() as stack:
             try:
                 path = stack.enter_context(claim(run))
             except RunFolderError:
                 continue  # another new run took it a moment ago
-            if holds_run(path):  # a run finished there between our look and our lock
+            if holds_run(path, markers):  # a run finished there between our look and lock
                 continue
             yield path
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 
 def add_evaluate(ev) -> None:
@@ -13,7 +12,8 @@ def add_evaluate(ev) -> None:
                     help="which images (default: val; 'train' ranks training images too, "
                     "but the model has learnt their labels)")
     ev.add_argument("--out", metavar="DIR", help="write predictions.csv and errors.json "
-                    "(default: RUN_DIR/eval-SPLIT)")
+                    "(default: RUN_DIR/eval-SPLIT, or eval-SPLIT2, ... when that holds one: "
+                    "an evaluation is never overwritten)")
     ev.add_argument("--workers", type=int, default=0)
     ev.add_argument("--json", action="store_true", help="print the analysis as JSON")
     ev.set_defaults(func=cmd_evaluate)
@@ -24,20 +24,34 @@ def cmd_evaluate(args) -> int:
     from ..files import write_text_atomic
     from ..predict import resolve_checkpoint
     from ..report import terminal as term
-    from ..runfolder import write_predictions
+    from ..runfolder import (
+        EVAL_MARKERS,
+        RunFolderError,
+        claim,
+        claim_next_free,
+        holds_run,
+        write_predictions,
+    )
 
+    if args.out and holds_run(args.out, EVAL_MARKERS):
+        raise RunFolderError(f"{args.out!r} already holds an evaluation: choose another "
+                             "--out, or leave it out for the next free RUN_DIR/eval-SPLIT; "
+                             "nothing was overwritten")
     result = evaluate_run(args.model, args.data, split=args.split, workers=args.workers)
-    out = Path(args.out) if args.out else resolve_checkpoint(args.model).parent / f"eval-{args.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, result.predictions)
-    doc = json.dumps(result.to_dict(), indent=1)
-    write_text_atomic(out / "errors.json", doc)
+    where = claim(args.out) if args.out else claim_next_free(
+        resolve_checkpoint(args.model).parent / f"eval-{args.split}", EVAL_MARKERS)
+    with where as out:
+        write_predictions(out, result.predictions)
+        doc = json.dumps(result.to_dict(), indent=1)
+        write_text_atomic(out / "errors.json", doc)
     if args.json:
         print(doc)
     else:
         console = term.make_console()
+        console.print(f"Evaluated {term.clean(result.checkpoint)} on {term.clean(result.data)} "
+                      f"({term.clean(result.split)})", markup=False)
         term.print_errors(console, result.errors)
-        console.print(f"Wrote {term.clean(out)}/: predictions.csv, errors.json")
+        console.print(f"Wrote {term.clean(out)}/: predictions.csv, errors.json", markup=False)
     return 0
 
 

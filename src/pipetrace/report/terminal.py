@@ -103,11 +103,16 @@ def print_error_summary(console: Console, e: ErrorAnalysis, rows: int = 5) -> No
                   "report.html", markup=False)
 
 
+SPLIT_WORDS = {"val": "validation images", "train": "training images", "test": "test images",
+               "all": "images (every split)"}
+
+
 def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
     """The error analysis: accuracy and calibration, per-class metrics, the most-confused
     pairs, the worst images and the likely label errors."""
     top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
-    console.print(f"Errors on {e.images:,} {clean(e.split)} images: accuracy {e.accuracy:.3f}"
+    what = SPLIT_WORDS.get(e.split, f"{clean(e.split)} images")
+    console.print(f"Errors on {e.images:,} {what}: accuracy {e.accuracy:.3f}"
                   f"{top5}, macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}",
                   markup=False)
     t = Table(title="Per class", title_justify="left")
@@ -129,8 +134,9 @@ def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
             t.add_row(clean(display_name(x.path)), clean(x.given), f"{x.p_given:.3f}",
                       clean(x.predicted), f"{x.p_predicted:.3f}", f"{x.loss:.3f}")
         console.print(t)
-    console.print(f"Label errors: {clean(e.method)}; {len(e.label_issues)} found.",
-                  markup=False)
+    thresholds = ", ".join(f"{clean(c)} {t:.3f}" for c, t in e.label_thresholds.items())
+    console.print(f"Label errors: {clean(e.method)}; a_y per class: {thresholds or 'none'}; "
+                  f"{len(e.label_issues)} found.", markup=False)
 
 
 def _triple(v: Sequence[float]) -> str:
