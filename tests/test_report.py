@@ -186,3 +186,16 @@ def test_render_escapes_every_string_of_the_document(demo_run):
     assert_inert(page)
     assert not any(t == "b" and "onclick" in a for t, a in page.tags)
     assert "".join(page.text).count(marker) > 100
+
+
+def test_a_dataset_finding_names_its_files_in_the_terminal_and_the_page(tmp_path):
+    from pipetrace.report.notebook import findings_html
+    from pipetrace.report.terminal import finding_line
+
+    paths = tuple(str(tmp_path / "data" / "ants" / f"imageNotFound{i}.gif") for i in range(7))
+    f = Finding("placeholder", "warning", "dataset", "likely placeholder", "its name says so",
+                "delete it", paths)
+    assert finding_line(f).endswith("(data/ants/imageNotFound0.gif and 6 more)")
+    page = findings_html([f])
+    links = re.findall(r'<a href="(file://[^"]+)">', page)
+    assert links == [f"file://{p}" for p in paths[:5]] and "and 2 more" in page

@@ -127,7 +127,7 @@ def _show_batch(args) -> int:
     write_bytes_atomic(out / "batch.png", png_bytes(grid_picture(view)))
     console = term.make_console()
     console.print(term.batch_table(view))
-    console.print(f"Wrote {term.clean(out / 'batch.png')}: "
+    console.print(f"Wrote {term.clean((out / 'batch.png').resolve())}: "
                   + ("each image as training gives it to the model, beside its evaluation view"
                      if view.eval_pictures else "the batch as the model gets it"), markup=False)
     return 0

@@ -198,7 +198,7 @@ def print_run(console, result, art) -> None:
                                        f"{term.clean(pred['image'])}"))
         console.print("Top classes:\n" + term.top_k_lines(art.layer_trace), markup=False)
     if result.errors is not None:
-        term.print_error_summary(console, result.errors)
+        term.print_error_summary(console, result.errors, result.run_dir)
     for f in art.findings:
         console.print(term.finding_line(f))
     if not art.findings:

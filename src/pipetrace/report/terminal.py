@@ -86,7 +86,8 @@ def batch_table(view: BatchView) -> Table:
     return t
 
 
-def print_error_summary(console: Console, e: ErrorAnalysis, rows: int = 5) -> None:
+def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: int = 5
+                        ) -> None:
     """After training: accuracy and calibration in one line, the worst confusions and the
     likeliest label errors (the rest: `pipetrace errors RUN_DIR`)."""
     top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
@@ -99,8 +100,8 @@ def print_error_summary(console: Console, e: ErrorAnalysis, rows: int = 5) -> No
                       + ", ".join(f"{clean(display_name(x.path))} given {clean(x.given)}, looks "
                                   f"like {clean(x.predicted)} ({x.p_predicted:.2f})"
                                   for x in e.label_issues[:rows]), markup=False)
-    console.print("All of it: pipetrace errors RUN_DIR (tables or --json), predictions.csv, "
-                  "report.html", markup=False)
+    console.print(f"All of it: pipetrace errors {clean(run_dir)} (tables or --json), "
+                  "predictions.csv, report.html", markup=False)
 
 
 SPLIT_WORDS = {"val": "validation images", "train": "training images", "test": "test images",
@@ -131,7 +132,7 @@ def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
         for col in ("file", "given", "p(given)", second, f"p({second})", "loss"):
             t.add_column(col, overflow="fold")
         for x in items[:rows]:
-            t.add_row(clean(display_name(x.path)), clean(x.given), f"{x.p_given:.3f}",
+            t.add_row(clean(x.path), clean(x.given), f"{x.p_given:.3f}",  # a file to open
                       clean(x.predicted), f"{x.p_predicted:.3f}", f"{x.loss:.3f}")
         console.print(t)
     thresholds = ", ".join(f"{clean(c)} {t:.3f}" for c, t in e.label_thresholds.items())
@@ -348,9 +349,14 @@ def print_training(console: Console, result: TrainResult) -> None:
 
 
 def finding_line(f) -> str:
-    """'warning: <title> — <fix>', for a rich console (names escaped)."""
+    """'warning: <title> — <fix> (<first file> and N more)', for a rich console (names
+    escaped)."""
     colour = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-    return f"[{colour}]{f.severity}[/]: {clean(f.title)} — {clean(f.fix)}"
+    where = ""
+    if f.paths:
+        more = f" and {len(f.paths) - 1} more" if len(f.paths) > 1 else ""
+        where = f" ({clean(display_name(f.paths[0]))}{more})"
+    return f"[{colour}]{f.severity}[/]: {clean(f.title)} — {clean(f.fix)}{where}"
 
 
 def duration(seconds: float) -> str:
