@@ -2,6 +2,8 @@
 diagram's bins, the worst images against predictions.csv, and confident learning finding
 planted label errors."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -146,7 +148,8 @@ def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_ou
     """No val/ folder: the run held out 30% of the files; `evaluate --split val` scores those
     very files (not every file, training images included), `--split train` the rest."""
     from conftest import coloured_image, write_image
-    from pipetrace.evaluate import evaluate_run
+    from pipetrace.analysis import first_validation_image
+    from pipetrace.evaluate import evaluate_run, read_predictions
     from pipetrace.train import TrainConfig, fit
 
     root = tmp_path / "data"
@@ -155,15 +158,19 @@ def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_ou
             img = coloured_image(24, 24, seed=10 * c + i)
             write_image(root / cls / f"{i}.jpg", 255 - img if c else img)
     run = tmp_path / "run"
-    fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny", image_size=64,
-                    epochs=1, batch_size=8, val_fraction=0.3, seed=3))
+    result = fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny",
+                             image_size=64, epochs=1, batch_size=8, val_fraction=0.3, seed=3))
     held_out = set(Predictions.from_csv((run / "predictions.csv").read_text()).paths)
-    assert len(held_out) == 6
+    assert len(held_out) == 6 and str(root / "ant" / "0.jpg") not in held_out
+    # the report's prediction trace follows a validation image too
+    assert first_validation_image(result) == (min(held_out), Path(min(held_out)).parent.name)
     val = evaluate_run(str(run), split="val")
     assert set(val.predictions.paths) == held_out
     train = evaluate_run(str(run), split="train")
     assert not set(train.predictions.paths) & held_out and len(train.predictions) == 14
     assert len(evaluate_run(str(run), split="all").predictions) == 20
+    with pytest.raises(ValueError, match="does not exist"):
+        read_predictions(tmp_path / "nowhere")
 
 
 def test_an_evaluation_is_never_overwritten(tmp_path, capsys):

@@ -61,11 +61,14 @@ class RunAnalysis:
 
 
 def first_validation_image(result: TrainResult) -> tuple[str | None, str | None]:
-    """(path, class) of the run's first validation image (else its first training image)."""
+    """(path, class) of the first image the run validated on (its predictions, whether from a
+    val/ folder or held out of train/), else of its first training image."""
+    pred = result.predictions
+    if pred is not None and len(pred):
+        return pred.paths[0], pred.classes[int(pred.labels[0])]
     from .scan import find_splits
 
-    splits = find_splits(result.config.data)
-    scan = splits.val or splits.train
+    scan = find_splits(result.config.data).train
     if not scan.samples:
         return None, None
     path, label = scan.samples[0]

@@ -109,6 +109,9 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
 def read_predictions(source: str | os.PathLike) -> Predictions:
     """``predictions.csv`` of a run folder (or the file itself)."""
     path = os.fspath(source)
+    if not os.path.exists(path):
+        raise ValueError(f"{path!r} does not exist: give a run folder, an eval folder or a "
+                         "predictions.csv")
     if os.path.isdir(path):
         path = os.path.join(path, "predictions.csv")
     try:
