@@ -33,14 +33,20 @@ def cmd_evaluate(args) -> int:
         write_predictions,
     )
 
-    if args.out and holds_run(args.out, EVAL_MARKERS):
-        raise RunFolderError(f"{args.out!r} already holds an evaluation: choose another "
-                             "--out, or leave it out for the next free RUN_DIR/eval-SPLIT; "
-                             "nothing was overwritten")
+    def refuse_if_evaluated(out) -> None:
+        if holds_run(out, EVAL_MARKERS):
+            raise RunFolderError(f"{str(out)!r} already holds an evaluation: choose another "
+                                 "--out, or leave it out for the next free RUN_DIR/eval-SPLIT;"
+                                 " nothing was overwritten")
+
+    if args.out:
+        refuse_if_evaluated(args.out)  # before the pass, and again once the folder is ours
     result = evaluate_run(args.model, args.data, split=args.split, workers=args.workers)
     where = claim(args.out) if args.out else claim_next_free(
         resolve_checkpoint(args.model).parent / f"eval-{args.split}", EVAL_MARKERS)
     with where as out:
+        if args.out:
+            refuse_if_evaluated(out)
         write_predictions(out, result.predictions)
         doc = json.dumps(result.to_dict(), indent=1)
         write_text_atomic(out / "errors.json", doc)
