@@ -112,8 +112,9 @@ def test_label_issues_find_planted_errors_and_not_the_models_own_mistakes():
     assert margins == sorted(margins, reverse=True)
 
 
-def test_a_run_records_its_predictions_and_the_cli_reads_them(demo_run, tmp_path):
+def test_a_run_records_its_predictions_and_the_cli_reads_them(demo_run, tmp_path, capsys):
     from conftest import run_cli
+    from pipetrace.cli import main
 
     csv_text = (demo_run / "predictions.csv").read_text()
     pred = Predictions.from_csv(csv_text)
@@ -122,9 +123,9 @@ def test_a_run_records_its_predictions_and_the_cli_reads_them(demo_run, tmp_path
     history = (demo_run / "metrics.csv").read_text().splitlines()
     last_val_acc = float(history[-1].split(",")[4])
     assert float((pred.predicted == pred.labels).mean()) == pytest.approx(last_val_acc)
-    shown = run_cli("errors", str(demo_run), "--json")
-    assert shown.returncode == 0, shown.stderr
-    doc = __import__("json").loads(shown.stdout)
+    capsys.readouterr()
+    assert main(["errors", str(demo_run), "--json"]) == 0  # in this process: no torch import
+    doc = __import__("json").loads(capsys.readouterr().out)
     assert doc["images"] == 400 and doc["top_losses"][0]["loss"] == pytest.approx(
         float(pred.losses.max()), abs=1e-5)
     # evaluating the checkpoint again gives the same images and the same answers
@@ -144,22 +145,31 @@ def test_label_issues_skip_nan_rows_and_ties():
     assert all(np.isfinite(t) for t in thresholds.values()) and len(thresholds) == 3
 
 
-def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_out(tmp_path):
-    """No val/ folder: the run held out 30% of the files; `evaluate --split val` scores those
-    very files (not every file, training images included), `--split train` the rest."""
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory):
+    """A run on a folder without val/ that held out 30% of its 20 files (seed 3)."""
     from conftest import coloured_image, write_image
-    from pipetrace.analysis import first_validation_image
-    from pipetrace.evaluate import evaluate_run, read_predictions
     from pipetrace.train import TrainConfig, fit
 
-    root = tmp_path / "data"
+    base = tmp_path_factory.mktemp("held-out")
+    root = base / "data"
     for c, cls in enumerate(("ant", "bee")):
         for i in range(10):
             img = coloured_image(24, 24, seed=10 * c + i)
             write_image(root / cls / f"{i}.jpg", 255 - img if c else img)
-    run = tmp_path / "run"
-    result = fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny",
+    result = fit(TrainConfig(data=str(root), out=str(base / "run"), model="pipenet-tiny",
                              image_size=64, epochs=1, batch_size=8, val_fraction=0.3, seed=3))
+    return root, base / "run", result
+
+
+def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_out(
+        held_out_run, tmp_path):
+    """No val/ folder: the run held out 30% of the files; `evaluate --split val` scores those
+    very files (not every file, training images included), `--split train` the rest."""
+    from pipetrace.analysis import first_validation_image
+    from pipetrace.evaluate import evaluate_run, read_predictions
+
+    root, run, result = held_out_run
     held_out = set(Predictions.from_csv((run / "predictions.csv").read_text()).paths)
     assert len(held_out) == 6 and str(root / "ant" / "0.jpg") not in held_out
     # the report's prediction trace follows a validation image too
@@ -173,22 +183,19 @@ def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_ou
         read_predictions(tmp_path / "nowhere")
 
 
-def test_an_evaluation_is_never_overwritten(tmp_path, capsys):
-    from conftest import coloured_image, write_image
+def test_an_evaluation_is_never_overwritten(held_out_run, capsys):
     from pipetrace.cli import main
-    from pipetrace.train import TrainConfig, fit
 
-    root = tmp_path / "data"
-    for c, cls in enumerate(("ant", "bee")):
-        for i in range(6):
-            write_image(root / cls / f"{i}.jpg", coloured_image(24, 24, seed=10 * c + i))
-    run = tmp_path / "run"
-    fit(TrainConfig(data=str(root), out=str(run), model="pipenet-tiny", image_size=64,
-                    epochs=1, batch_size=8, val_fraction=0.3))
+    _, run, _ = held_out_run
     assert main(["evaluate", str(run), "--split", "all"]) == 0
     first = (run / "eval-all" / "errors.json").read_bytes()
     assert main(["evaluate", str(run), "--split", "all"]) == 0  # the next free folder
     assert (run / "eval-all2" / "errors.json").is_file()
+    assert (run / "eval-all" / "errors.json").read_bytes() == first
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds an evaluation" in err
     assert (run / "eval-all" / "errors.json").read_bytes() == first
     capsys.readouterr()
     assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
