@@ -269,3 +269,23 @@ def test_damaged_rows_and_records_are_not_used(tmp_path):
     (tmp_path / "d" / INDEX_NAME).write_text(json.dumps(doc))
     again = check_dataset(tmp_path / "d", CheckConfig())
     assert again.index["checked"] == 25 and again.findings
+
+
+def test_check_all_answers_as_check_file_does(tmp_path):
+    """The bulk answers (each kind of header judged once) are check_file's, file by file,
+    under any limits; an unreadable file's error is its own; a changed file is read again."""
+    paths = [str(p) for p in make_tree(tmp_path / "d")] + [str(tmp_path / "d/cat/page.jpg")]
+    prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    cv2.imwrite(paths[4], np.zeros((20, 30, 3), np.uint8))  # changed since the index
+    os.utime(paths[4], (OLD + 30, OLD + 30))
+    index = DatasetIndex.open(tmp_path / "d")
+    for limits in (LoadLimits(), LoadLimits(max_pixels=300), LoadLimits(max_aspect=1.2)):
+        for path, got in zip(paths, index.check_all(paths, limits), strict=True):
+            try:
+                want = check_file(path, limits)
+            except ImageLoadError as exc:
+                want = exc
+            assert type(got) is type(want) and str(got) == str(want), path
+            if isinstance(want, tuple):
+                assert got == want
+    assert index.learnt == 1  # the changed file, read once; later passes know it

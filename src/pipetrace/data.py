@@ -294,12 +294,20 @@ def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits(
     """Split samples into (readable, [(path, reason)]) from headers alone, before training;
     also return what was found for each readable file (for ``ImageDataset(checked=...)``).
     With a :class:`~pipetrace.index.DatasetIndex`, unchanged files are answered from it."""
-    check = index.checked if index is not None else check_file
     good, bad, checked = [], [], []
-    for path, label in samples:
-        try:
-            checked.append(check(path, limits))
-            good.append((path, label))
-        except ImageLoadError as exc:
-            bad.append((path, str(exc)))
+    if index is not None:
+        results = index.check_all([path for path, _ in samples], limits)
+    else:
+        results = []
+        for path, _ in samples:
+            try:
+                results.append(check_file(path, limits))
+            except ImageLoadError as exc:
+                results.append(exc)
+    for sample, result in zip(samples, results, strict=True):
+        if isinstance(result, ImageLoadError):
+            bad.append((sample[0], str(result)))
+        else:
+            checked.append(result)
+            good.append(sample)
     return good, bad, checked
