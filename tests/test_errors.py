@@ -2,6 +2,7 @@
 diagram's bins, the worst images against predictions.csv, and confident learning finding
 planted label errors."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,12 @@ def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_ou
     assert len(evaluate_run(str(run), split="all").predictions) == 20
     with pytest.raises(ValueError, match="does not exist"):
         read_predictions(tmp_path / "nowhere")
+    # another folder without val/: every file is unseen, so "val" is all of them
+    shutil.copytree(root, tmp_path / "other")
+    assert len(evaluate_run(str(run), str(tmp_path / "other"), split="val").predictions) == 20
+    # a file added since the run: the held-out files are still those the run validated on
+    shutil.copy(root / "ant" / "0.jpg", root / "ant" / "00.jpg")
+    assert set(evaluate_run(str(run), split="val").predictions.paths) == held_out
 
 
 def test_an_evaluation_is_never_overwritten(held_out_run, capsys):

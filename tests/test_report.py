@@ -199,3 +199,20 @@ def test_a_dataset_finding_names_its_files_in_the_terminal_and_the_page(tmp_path
     page = findings_html([f])
     links = re.findall(r'<a href="(file://[^"]+)">', page)
     assert links == [f"file://{p}" for p in paths[:5]] and "and 2 more" in page
+    # a name that is not UTF-8 (a lone surrogate here) links to the file's own bytes
+    odd = Finding("placeholder", "warning", "dataset", "t", "e", "f", ("/tmp/x/\udcffbad.jpg",))
+    assert 'href="file:///tmp/x/%FFbad.jpg"' in findings_html([odd])
+
+
+def test_control_and_bidi_characters_never_reach_the_page(demo_run):
+    """A file name with ESC and a right-to-left override, in a finding and a label issue:
+    the page shows them as escapes, never as the characters (which reorder or hide text)."""
+    doc = load_document(demo_run / "trace.json")
+    hostile = "/data/cats/\x1b[31mcat\u202egpj.exe.jpg"
+    doc["findings"].append(Finding("placeholder", "warning", "dataset", "likely placeholder",
+                                   "its name says so", "delete it", (hostile,)).to_dict())
+    issue = dict(doc["errors"]["top_losses"][0], path=hostile)
+    doc["errors"]["label_issues"] = [issue]
+    page = render_html(doc)
+    assert "\x1b" not in page and "\u202e" not in page
+    assert "\\x1b[31mcat\\u202egpj.exe.jpg" in page  # shown, as escapes

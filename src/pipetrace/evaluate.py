@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from .data import ImageDataset, LoaderConfig, make_loader
-from .data import split_samples as split_by_seed
 from .errors import ErrorAnalysis, Predictions, analyse
 from .predict import LoadedModel, load_model
 from .scan import find_splits, scan_image_folder
@@ -39,14 +38,14 @@ class Evaluation:
 
 
 def split_samples(data: str | os.PathLike, split: str, classes: list[str], *,
-                  held_out: tuple[float, int] | None = None) -> list[tuple[str, int]]:
+                  held_out: set[str] | None = None) -> list[tuple[str, int]]:
     """The (path, class index) samples of ``split`` ("val", "train" or "all") of ``data``,
     numbered by the checkpoint's ``classes``; other class folders are left out.
 
-    Without a val/ (or test/) folder, "val" is what the run held out of its training images:
-    ``held_out`` = (the run's ``val_fraction``, its ``seed``), drawn by the trainer's own
-    :func:`pipetrace.data.split_samples`, and "train" is the rest; a run that held out
-    nothing has no "val" there.
+    ``held_out``: when ``data`` is the folder the run trained on, the files it validated on
+    (real paths, from its ``predictions.csv``; :func:`held_out_files`). Without a val/ (or
+    test/) folder, "val" is then those very files and "train" the rest; in another folder
+    without val/, every file is unseen, and "val" is all of them.
     """
     root = os.fspath(data)
     if not os.path.isdir(root):
@@ -55,25 +54,21 @@ def split_samples(data: str | os.PathLike, split: str, classes: list[str], *,
     if split not in ("val", "train", "all"):
         raise ValueError(f"unknown split {split!r}: use val, train or all")
     if split == "all":  # every split folder (the root itself when it holds the classes)
-        folder = root
-        samples = [s for _, scan in splits.named()
-                   for s in scan_image_folder(scan.root, classes=list(classes)).samples]
+        folder, folders = root, [scan.root for _, scan in splits.named()]
     elif split == "val" and splits.val is not None:
         folder = splits.val.root
-        samples = scan_image_folder(folder, classes=list(classes)).samples
-    elif splits.val is None and held_out is not None and held_out[0] > 0:
-        folder = splits.train.root  # the run's split of these very folders, then its classes
-        train, val = split_by_seed(splits.train.samples, *held_out)
-        index = {c: i for i, c in enumerate(classes)}
-        samples = [(p, index[splits.train.classes[label]])
-                   for p, label in (val if split == "val" else train)
-                   if splits.train.classes[label] in index]
-    elif split == "val":
-        raise ValueError(f"{root!r} has no val/ or test/ folder and the run held out no "
-                         "validation images from it: use --split train or all")
+        folders = [folder]
+    elif split == "val" and held_out is None and splits.layout != "single":
+        raise ValueError(f"{root!r} has no val/ or test/ folder: use --split train or all")
+    elif split == "val" and held_out is not None and not held_out:
+        raise ValueError(f"the run kept no record of validation images held out of {root!r} "
+                         "(no predictions.csv beside its checkpoint): use --split all")
     else:
         folder = splits.train.root
-        samples = scan_image_folder(folder, classes=list(classes)).samples
+        folders = [folder]
+    samples = [s for f in folders for s in scan_image_folder(f, classes=list(classes)).samples]
+    if splits.val is None and held_out is not None and split != "all":  # the run's own split
+        samples = [s for s in samples if (os.path.realpath(s[0]) in held_out) == (split == "val")]
     if not samples:
         raise ValueError(f"no images of the checkpoint's classes ({', '.join(classes[:5])}"
                          f"{', ...' if len(classes) > 5 else ''}) under {folder!r}")
@@ -88,9 +83,7 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
 
     lm = load_model(lm) if not isinstance(lm, LoadedModel) else lm
     data = data or (lm.checkpoint.get("train_config") or {}).get("data") or ""
-    train_cfg = lm.checkpoint.get("train_config") or {}
-    samples = split_samples(data, split, lm.classes, held_out=(
-        float(train_cfg.get("val_fraction") or 0.0), int(train_cfg.get("seed") or 0)))
+    samples = split_samples(data, split, lm.classes, held_out=held_out_files(lm, data))
     ds = ImageDataset(samples, lm.preprocess, path=lm.loader_path)  # the contract's pipeline
     loader = make_loader(ds, LoaderConfig(batch_size=batch_size, workers=workers),
                          shuffle=False)
@@ -104,6 +97,19 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
     pred = Predictions(pred.paths, pred.labels, pred.probs, pred.losses, pred.classes, split)
     bad = [(samples[i][0], reason) for i, reason in ev["bad"]]
     return Evaluation(lm.source, str(data), split, pred, analyse(pred), bad)
+
+
+def held_out_files(lm: LoadedModel, data: str) -> set[str] | None:
+    """The files the run validated on, as real paths, read from the ``predictions.csv``
+    beside its checkpoint (empty when there is none), when ``data`` is the folder it trained
+    on; None for another folder."""
+    trained_on = (lm.checkpoint.get("train_config") or {}).get("data")
+    if not trained_on or os.path.realpath(trained_on) != os.path.realpath(data):
+        return None
+    record = os.path.join(os.path.dirname(os.fspath(lm.source)), "predictions.csv")
+    if not os.path.isfile(record):
+        return set()
+    return {os.path.realpath(p) for p in read_predictions(record).paths}
 
 
 def read_predictions(source: str | os.PathLike) -> Predictions:

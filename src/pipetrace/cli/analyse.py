@@ -55,9 +55,9 @@ def cmd_evaluate(args) -> int:
     else:
         console = term.make_console()
         console.print(f"Evaluated {term.clean(result.checkpoint)} on {term.clean(result.data)} "
-                      f"({term.clean(result.split)})", markup=False)
+                      f"({term.clean(result.split)})")
         term.print_errors(console, result.errors)
-        console.print(f"Wrote {term.clean(out)}/: predictions.csv, errors.json", markup=False)
+        console.print(f"Wrote {term.clean(out)}/: predictions.csv, errors.json")
     return 0
 
 

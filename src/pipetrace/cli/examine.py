@@ -129,7 +129,7 @@ def _show_batch(args) -> int:
     console.print(term.batch_table(view))
     console.print(f"Wrote {term.clean((out / 'batch.png').resolve())}: "
                   + ("each image as training gives it to the model, beside its evaluation view"
-                     if view.eval_pictures else "the batch as the model gets it"), markup=False)
+                     if view.eval_pictures else "the batch as the model gets it"))
     return 0
 
 

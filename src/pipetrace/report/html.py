@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from importlib import resources
 
 import jinja2
 from markupsafe import Markup
 
+from ..text import printable_lines
 from ..transforms import Preprocess
 from .svg import line_chart, reliability_chart
 from .terminal import contract_text
@@ -45,7 +47,16 @@ def file_uri(path: str) -> str:
     from pathlib import Path
     from urllib.parse import quote
 
-    return "file://" + quote(str(Path(path).resolve()), safe="/")
+    return "file://" + quote(os.fsencode(Path(path).resolve()), safe="/")  # the name's bytes
+
+
+def _visible(value):
+    """Every text the page prints, with control, bidi and zero-width characters shown as
+    escapes (newlines kept): a file name cannot reorder or hide what the page says (the
+    markup in it is escaped by autoescape; what is already Markup, the charts, is ours)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return printable_lines(value)
+    return value
 
 
 def _environment() -> jinja2.Environment:
@@ -53,7 +64,8 @@ def _environment() -> jinja2.Environment:
         loader=jinja2.FunctionLoader(
             lambda name: resources.files("pipetrace.report").joinpath("templates", name)
             .read_text(encoding="utf-8")),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        finalize=_visible)
     env.filters["dims"] = lambda shape: " × ".join(str(d) for d in shape)
     env.filters["num"] = lambda v, spec=".3f": "–" if v is None else format(v, spec)
     env.filters["contract"] = lambda d: contract_text(Preprocess.from_dict(d))

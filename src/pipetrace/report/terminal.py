@@ -94,14 +94,14 @@ def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: 
     worst = ", ".join(f"{clean(a)} -> {clean(b)} ({n})" for a, b, n in e.most_confused[:3])
     console.print(f"Errors on {e.images:,} validation images: accuracy {e.accuracy:.3f}{top5}, "
                   f"macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}"
-                  + (f"; most confused: {worst}" if worst else ""), markup=False)
+                  + (f"; most confused: {worst}" if worst else ""))
     if e.label_issues:
         console.print(f"Likely label errors: {len(e.label_issues)}, first: "
                       + ", ".join(f"{clean(display_name(x.path))} given {clean(x.given)}, looks "
                                   f"like {clean(x.predicted)} ({x.p_predicted:.2f})"
-                                  for x in e.label_issues[:rows]), markup=False)
+                                  for x in e.label_issues[:rows]))
     console.print(f"All of it: pipetrace errors {clean(run_dir)} (tables or --json), "
-                  "predictions.csv, report.html", markup=False)
+                  "predictions.csv, report.html")
 
 
 SPLIT_WORDS = {"val": "validation images", "train": "training images", "test": "test images",
@@ -114,8 +114,7 @@ def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
     top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
     what = SPLIT_WORDS.get(e.split, f"{clean(e.split)} images")
     console.print(f"Errors on {e.images:,} {what}: accuracy {e.accuracy:.3f}"
-                  f"{top5}, macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}",
-                  markup=False)
+                  f"{top5}, macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}")
     t = Table(title="Per class", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
@@ -137,7 +136,7 @@ def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
         console.print(t)
     thresholds = ", ".join(f"{clean(c)} {t:.3f}" for c, t in e.label_thresholds.items())
     console.print(f"Label errors: {clean(e.method)}; a_y per class: {thresholds or 'none'}; "
-                  f"{len(e.label_issues)} found.", markup=False)
+                  f"{len(e.label_issues)} found.")
 
 
 def _triple(v: Sequence[float]) -> str:
