@@ -156,6 +156,7 @@ def test_an_empty_class_is_left_out_with_a_warning(tmp_path):
     assert result.classes == ["a", "b"] and result.model_config.num_classes == 2
     found = [f for f in result.findings if f.check == "empty-class"]
     assert len(found) == 1 and found[0].severity == "warning" and "'empty'" in found[0].title
+    assert found[0].paths == (str(data / "empty"),)  # the folder, to open or remove
     assert ckpt_io.load_checkpoint(tmp_path / "run" / "last.pt")["classes"] == ["a", "b"]
 
 

@@ -104,7 +104,7 @@ def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
     if len(bad) / total > cfg.max_bad_fraction:
         raise DatasetRefused(bad_fraction_message(bad, total, cfg))
     classes, train_samples, val_samples, val_checked, findings = leave_out_empty_classes(
-        classes, train_samples, val_samples, val_checked)
+        classes, train_samples, val_samples, val_checked, splits.train.root)
     refuse_too_small(cfg.data, classes)
     val_name = splits.layout.split("+", 1)[1] if splits.val is not None else "val"
     ignored = splits.train.ignored + (splits.val.ignored if splits.val is not None else [])
@@ -148,10 +148,12 @@ def bad_fraction_message(bad: list[tuple[str, str]], total: int, cfg: TrainConfi
 
 
 def leave_out_empty_classes(classes: list[str], train: list[tuple[str, int]],
-                            val: list[tuple[str, int]], val_checked: list[CheckedFile]):
+                            val: list[tuple[str, int]], val_checked: list[CheckedFile],
+                            root: str = ""):
     """(classes, train, val, val_checked, findings) without the classes that have no usable
     training image; the others are numbered again in their order, their validation images
-    of a left-out class are dropped too. A warning says which and why."""
+    of a left-out class are dropped too. A warning says which and why, naming the class
+    folders under ``root`` (the training split's folder)."""
     counts = Counter(label for _, label in train)
     empty = [i for i in range(len(classes)) if not counts[i]]
     if not empty:
@@ -167,7 +169,7 @@ def leave_out_empty_classes(classes: list[str], train: list[tuple[str, int]],
         f"the model gets {len(new)} outputs, for the classes that have images"
         + (f"; {dropped} validation image(s) of those classes are left out too" if dropped
            else "") + "; a class with no image would be an output the model never learns",
-        "add images to the folder, or remove it", tuple(names))
+        "add images to the folder, or remove it", tuple(os.path.join(root, n) for n in names))
     return ([classes[i] for i in sorted(new)], [(p, new[label]) for p, label in train],
             [(p, new[label]) for (p, label), _ in kept], [c for _, c in kept], [finding])
 
