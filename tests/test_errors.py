@@ -192,6 +192,7 @@ def test_evaluating_val_of_a_folder_without_val_takes_the_images_the_run_held_ou
 
 def test_an_evaluation_is_never_overwritten(held_out_run, capsys):
     from pipetrace.cli import main
+    from pipetrace.evaluate import read_predictions
 
     _, run, _ = held_out_run
     assert main(["evaluate", str(run), "--split", "all"]) == 0
@@ -200,6 +201,9 @@ def test_an_evaluation_is_never_overwritten(held_out_run, capsys):
     assert (run / "eval-all2" / "errors.json").is_file()
     assert (run / "eval-all" / "errors.json").read_bytes() == first
     capsys.readouterr()
+    assert main(["errors", str(run / "eval-all")]) == 0  # the evaluation's split, in words
+    assert " images (every split): accuracy" in capsys.readouterr().out
+    assert read_predictions(run).split == "val"
     assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already holds an evaluation" in err

@@ -8,8 +8,9 @@ are those a validation epoch records; :func:`pipetrace.errors.analyse` makes the
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -113,7 +114,9 @@ def held_out_files(lm: LoadedModel, data: str) -> set[str] | None:
 
 
 def read_predictions(source: str | os.PathLike) -> Predictions:
-    """``predictions.csv`` of a run folder (or the file itself)."""
+    """``predictions.csv`` of a run folder, an eval folder (or the file itself); the split
+    they are of is the one the ``errors.json`` beside them names (an evaluation's), else
+    "val" (a training run's)."""
     path = os.fspath(source)
     if not os.path.exists(path):
         raise ValueError(f"{path!r} does not exist: give a run folder, an eval folder or a "
@@ -122,8 +125,14 @@ def read_predictions(source: str | os.PathLike) -> Predictions:
         path = os.path.join(path, "predictions.csv")
     try:
         with open(path, encoding="utf-8") as f:
-            return Predictions.from_csv(f.read())
+            pred = Predictions.from_csv(f.read())
     except FileNotFoundError:
         raise ValueError(f"no predictions at {path!r}: train with a validation split, or run "
                          "`pipetrace evaluate RUN_DIR`") from None
+    try:
+        with open(os.path.join(os.path.dirname(path), "errors.json"), encoding="utf-8") as f:
+            split = json.load(f).get("split")
+    except (OSError, ValueError, AttributeError):
+        split = None
+    return replace(pred, split=split) if isinstance(split, str) else pred
 
