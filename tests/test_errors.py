@@ -206,10 +206,10 @@ def test_an_evaluation_is_never_overwritten(held_out_run, capsys):
     assert read_predictions(run).split == "val"
     assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "already holds an evaluation" in err
+    assert len(err.splitlines()) == 1 and "already holds predictions" in err
     assert (run / "eval-all" / "errors.json").read_bytes() == first
     capsys.readouterr()
     assert main(["evaluate", str(run), "--out", str(run / "eval-all")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "already holds an evaluation" in err
+    assert len(err.splitlines()) == 1 and "already holds predictions" in err
     assert (run / "eval-all" / "errors.json").read_bytes() == first

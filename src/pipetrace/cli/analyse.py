@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def add_evaluate(ev) -> None:
@@ -34,10 +35,12 @@ def cmd_evaluate(args) -> int:
     )
 
     def refuse_if_evaluated(out) -> None:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise RunFolderError(f"--out {str(out)!r} is a file, not a folder")
         if holds_run(out, EVAL_MARKERS):
-            raise RunFolderError(f"{str(out)!r} already holds an evaluation: choose another "
-                                 "--out, or leave it out for the next free RUN_DIR/eval-SPLIT;"
-                                 " nothing was overwritten")
+            raise RunFolderError(f"{str(out)!r} already holds predictions (a run's or an "
+                                 "evaluation's): choose another --out, or leave it out for the "
+                                 "next free RUN_DIR/eval-SPLIT; nothing was overwritten")
 
     if args.out:
         refuse_if_evaluated(args.out)  # before the pass, and again once the folder is ours
