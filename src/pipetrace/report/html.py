@@ -54,8 +54,8 @@ def _visible(value):
     """Every text the page prints, with control, bidi and zero-width characters shown as
     escapes (newlines kept): a file name cannot reorder or hide what the page says (the
     markup in it is escaped by autoescape; what is already Markup, the charts, is ours)."""
-    if isinstance(value, str) and not isinstance(value, Markup):
-        return printable_lines(value)
+    if isinstance(value, str) and not isinstance(value, Markup) and not value.isprintable():
+        return printable_lines(value)  # isprintable(): no control, format or surrogate code
     return value
 
 
