@@ -105,6 +105,7 @@ def ddp_run(shapes, launcher, tmp_path_factory) -> tuple[Path, subprocess.Comple
     return base / "run", proc
 
 
+@pytest.mark.slow  # a torchrun of two processes: `make test-slow` (CI runs it)
 def test_two_processes_train_and_rank_0_alone_writes(ddp_run):
     run, proc = ddp_run
     for name in ("trace.json", "report.html", "metrics.jsonl", "metrics.csv", "config.json",
@@ -132,6 +133,7 @@ def test_two_processes_train_and_rank_0_alone_writes(ddp_run):
     assert ranks_table.count("<tr><td") == 2
 
 
+@pytest.mark.slow  # a torchrun of two processes: `make test-slow` (CI runs it)
 def test_validation_counts_every_image_exactly_once(ddp_run):
     run, _ = ddp_run
     doc = json.loads((run / "trace.json").read_text())
@@ -145,6 +147,7 @@ def test_validation_counts_every_image_exactly_once(ddp_run):
     assert float((pred.predicted == pred.labels).mean()) == pytest.approx(correct / VAL_IMAGES)
 
 
+@pytest.mark.slow  # a torchrun of two processes: `make test-slow` (CI runs it)
 def test_two_processes_match_one_with_the_same_global_batch(ddp_run, shapes, tmp_path):
     """Same global batch (2 x 16 vs 1 x 32), same schedule, same seed: the same run up to
     noise. It is not the same arithmetic: each process normalizes its batch norm over its
