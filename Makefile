@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)  # the multi-process failure and resume runs (about 90 s); CI runs them too
+test-slow: $(STAMP)  # the multi-process runs: torchrun, failures, resumes (about 90 s); CI runs them too
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
