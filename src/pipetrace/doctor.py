@@ -418,8 +418,8 @@ def quick_check(splits: Sequence[tuple[str, Sequence[tuple[str, int]], Sequence[
         revived = [_revived(Finding, f) for f in kept]
         if all(f is not None and f.severity in SEVERITIES for f in revived):
             return revived
-    found = _quick_check(splits, classes, ignored, cfg,
-                         index.sha256 if index is not None else lambda path, stamp: sha256_file(path))
+    digest_of = index.sha256 if index is not None else lambda path, stamp: sha256_file(path)
+    found = _quick_check(splits, classes, ignored, cfg, digest_of)
     if index is not None:
         index.keep_findings(digest, [f.to_dict() for f in found])
     return found

@@ -12,9 +12,9 @@ Learning: Estimating Uncertainty in Dataset Labels", JAIR 2021, the method behin
 in taking each class's threshold from the model's own probabilities, but set it where the
 class is *absent*: a_j, the mean probability the model gives class j on the images labelled
 otherwise. An image labelled y is a likely label error when the model predicts another class
-(strictly likelier than y) and gives y no more than a_y, i.e. its label looks as absent as the label of an image of
-another class. The list is ranked by the margin p_predicted - p_y. Why not confident
-learning's own rule (another class j reaches t_j, the mean p_j over the images labelled j):
+(strictly likelier than y) and gives y no more than a_y, i.e. its label looks as absent as
+the label of an image of another class. The list is ranked by the margin p_predicted - p_y.
+Why not confident learning's own rule (another class j reaches t_j, the mean p_j over the images labelled j):
 it flags the model's confident mistakes as readily as wrong labels, where a model that is
 wrong still gives the true class a share (a cat taken for a dog keeps p_cat ~ 0.17 on the
 median) and a wrong label gets what any absent class gets. Measured on CIFAR-10 with 500

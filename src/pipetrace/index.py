@@ -184,50 +184,39 @@ class DatasetIndex:
 
     def checked(self, path: str, limits: LoadLimits = LoadLimits()) -> CheckedFile:
         """``images.check_file(path, limits)``, from the index while the file is unchanged."""
-        key, row, stamp = self._find(path)
-        cols = self.cols
-        if row is not None and cols["fmt"][row] is not None:  # the common case, kept short
-            self.known += 1
-            facts = HeaderFacts(cols["fmt"][row], cols["width"][row], cols["height"][row],
-                                cols["complete"][row], cols["scans"][row])
-            return CheckedFile(*judge_header(facts, path, limits), stamp)
-        if row is None or not cols["error"][row]:
-            self.learnt += 1  # unknown, or known only by its hash or check
-            try:
-                facts, stamp = file_facts(path)
-            except ImageLoadError as exc:
-                if stamp is not None:
-                    self._set(key, row, stamp, error=exc.reason)
-                raise
-            self._set(key, row, stamp, **facts._asdict())
-            return CheckedFile(*judge_header(facts, path, limits), stamp)
-        self.known += 1  # the header itself cannot be read
-        raise ImageLoadError(path, cols["error"][row])
+        result = self.check_all([path], limits)[0]
+        if isinstance(result, ImageLoadError):
+            raise result
+        return result
 
     def check_all(self, paths, limits: LoadLimits = LoadLimits()
                   ) -> list[CheckedFile | ImageLoadError]:
-        """:meth:`checked` of each path, an unreadable file's error returned in its place: the
-        common case (an unchanged file whose header is known) in one loop, each kind of
-        header judged under ``limits`` once, the rest through :meth:`checked`."""
+        """:meth:`checked` of each path, an unreadable file's error returned in its place,
+        in one loop: an unchanged file is answered from its row (each kind of header judged
+        under ``limits`` once), any other is read (:meth:`_learn`)."""
         cols, rows = self.cols, self.rows
-        size, mtime, fmt = cols["size"], cols["mtime"], cols["fmt"]
+        size, mtime, fmt, error = cols["size"], cols["mtime"], cols["fmt"], cols["error"]
         width, height, complete, scans = (cols[c] for c in FACTS[1:])
         judged: dict[tuple, tuple[str, int, int] | str] = {}  # facts -> header or reason
         out: list[CheckedFile | ImageLoadError] = []
         for path in paths:
-            row = rows.get(self._key(path))
+            key = self._key(path)
             try:
                 st = os.stat(path)
+                stamp = (st.st_size, st.st_mtime_ns)
             except OSError:
-                row = None
-            if row is None or fmt[row] is None or size[row] != st.st_size \
-                    or mtime[row] != st.st_mtime_ns:
-                try:
-                    out.append(self.checked(path, limits))  # the general way, reading the file
-                except ImageLoadError as exc:
-                    out.append(exc)
+                stamp = None
+            row = rows.get(key)
+            if row is not None and (stamp is None or size[row] != stamp[0]
+                                    or mtime[row] != stamp[1]):
+                row = None  # the file changed (or went) since its row was written
+            if row is None or (fmt[row] is None and not error[row]):
+                out.append(self._learn(path, key, row, stamp, limits))
                 continue
             self.known += 1
+            if fmt[row] is None:  # its header cannot be read, and the index knows why
+                out.append(ImageLoadError(path, error[row]))
+                continue
             facts = (fmt[row], width[row], height[row], complete[row], scans[row])
             verdict = judged.get(facts)
             if verdict is None:
@@ -237,8 +226,25 @@ class DatasetIndex:
                     verdict = exc.reason
                 judged[facts] = verdict
             out.append(ImageLoadError(path, verdict) if isinstance(verdict, str)
-                       else CheckedFile(*verdict, (st.st_size, st.st_mtime_ns)))
+                       else CheckedFile(*verdict, stamp))
         return out
+
+    def _learn(self, path: str, key: str, row: int | None, stamp: tuple[int, int] | None,
+               limits: LoadLimits) -> CheckedFile | ImageLoadError:
+        """Read the file's header and keep its facts (or why there are none) in its row;
+        ``row``: its row if valid for ``stamp`` (known only by its hash or check)."""
+        self.learnt += 1
+        try:
+            facts, stamp = file_facts(path)
+        except ImageLoadError as exc:
+            if stamp is not None:
+                self._set(key, row, stamp, error=exc.reason)
+            return exc
+        self._set(key, row, stamp, **facts._asdict())
+        try:
+            return CheckedFile(*judge_header(facts, path, limits), stamp)
+        except ImageLoadError as exc:
+            return exc
 
     def sha256(self, path: str, stamp: tuple[int, int] | None = None) -> str:
         """The file's SHA-256 (hex), from the index while the file is unchanged; ``stamp``:

@@ -100,37 +100,35 @@ def _walk_files(top: str, root_real: str, seen: set[str], ignored: list,
         if (name.lower().endswith(IMAGE_EXTENSIONS) and name[0] != "." and not entry.is_symlink()
                 and entry.is_file(follow_symlinks=False)):  # the common case, kept short
             target = inside + name  # a plain file's real path: its folder's plus its name
-            if target in seen:
-                ignored.append((path, ALIASED_FILE))
-            else:
-                seen.add(target)
-                files.append(path)
-            continue
-        if is_hidden_or_junk(name):
+        elif is_hidden_or_junk(name):
             ignored.append((path, "hidden or system file/folder"))
             continue
-        try:
-            is_dir = entry.is_dir(follow_symlinks=True)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            files.extend(_walk_files(path, root_real, seen, ignored, class_real))
-        elif entry.is_symlink() and not os.path.exists(path):
-            ignored.append((path, BROKEN_SYMLINK))
-        elif entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
-            ignored.append((path, OUTSIDE_ROOT))
-        elif entry.is_symlink() and not _inside(os.path.realpath(path), class_real):
-            ignored.append((path, OUTSIDE_CLASS))
-        elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            ignored.append((path, "not an image file extension"))
         else:
-            # A plain file's real path is its folder's (already unique) plus its name.
-            target = os.path.realpath(path) if entry.is_symlink() else os.path.join(real, entry.name)
-            if target in seen:
-                ignored.append((path, ALIASED_FILE))
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                files.extend(_walk_files(path, root_real, seen, ignored, class_real))
                 continue
-            seen.add(target)
-            files.append(path)
+            if entry.is_symlink() and not os.path.exists(path):
+                ignored.append((path, BROKEN_SYMLINK))
+                continue
+            if entry.is_symlink() and not _inside(os.path.realpath(path), root_real):
+                ignored.append((path, OUTSIDE_ROOT))
+                continue
+            if entry.is_symlink() and not _inside(os.path.realpath(path), class_real):
+                ignored.append((path, OUTSIDE_CLASS))
+                continue
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                ignored.append((path, "not an image file extension"))
+                continue
+            target = os.path.realpath(path) if entry.is_symlink() else inside + name
+        if target in seen:
+            ignored.append((path, ALIASED_FILE))
+            continue
+        seen.add(target)
+        files.append(path)
     return files
 
 
