@@ -66,6 +66,31 @@ def test_second_run_answers_from_the_index_and_a_touched_file_is_read_again(tmp_
     assert ref.header == ("jpeg", 24, 20)  # what the file holds now, not the kept entry
 
 
+def test_prepare_pauses_the_garbage_collector_and_gives_it_back(tmp_path, monkeypatch):
+    """The per-file objects are built with the collector paused (docs/performance.md, the
+    dataset index); the caller's setting comes back, after a refused dataset too."""
+    import gc
+
+    from pipetrace import prepare
+    make_tree(tmp_path / "d")
+    seen = []
+    real = prepare.check_files
+    monkeypatch.setattr(prepare, "check_files",
+                        lambda *a, **k: (seen.append(gc.isenabled()), real(*a, **k))[1])
+    assert gc.isenabled()
+    prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+    assert seen == [False, False] and gc.isenabled()
+    with pytest.raises(prepare.DatasetRefused):
+        prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16, max_bad_fraction=0))
+    assert gc.isenabled()
+    gc.disable()  # a caller who turned it off keeps it off
+    try:
+        prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_limits_are_judged_from_the_kept_facts(tmp_path):
     make_tree(tmp_path / "d")
     prepare_data(TrainConfig(data=str(tmp_path / "d"), image_size=16))

