@@ -216,3 +216,14 @@ def test_control_and_bidi_characters_never_reach_the_page(demo_run):
     page = render_html(doc)
     assert "\x1b" not in page and "\u202e" not in page
     assert "\\x1b[31mcat\\u202egpj.exe.jpg" in page  # shown, as escapes
+
+
+def test_the_reliability_bins_show_their_counts_cut_to_four_characters():
+    from pipetrace.report.svg import _short_count, reliability_chart
+    assert [_short_count(n) for n in (7, 999, 1_049, 9_999, 10_000, 999_999, 9_990_000)] == [
+        "7", "999", "1.0k", "9.9k", "10k", "999k", "9.9M"]  # cut, never rounded up
+    bins = [dict(low=i / 4, high=(i + 1) / 4, count=n, confidence=i / 4 + 0.1, accuracy=0.5)
+            for i, n in enumerate((0, 3, 12_345, 40))]
+    svg = reliability_chart(bins)
+    assert re.findall(r'class="xl count"[^>]*>([^<]*)<', svg) == ["3", "12k", "40"]
+    assert svg.count('class="bin"') == 3  # the empty bin has neither bar nor count

@@ -16,6 +16,7 @@ import pytest
 
 from browser import Browser, Page, find_browser
 from pipetrace.report.quiz import GROUPS
+from pipetrace.report.svg import _short_count
 
 LAPTOP = dict(width=1280, height=900)
 PHONE = dict(width=390, height=844, mobile=True)
@@ -166,6 +167,7 @@ ERRORS_CONTENT = """(() => {
     batchLabels: all('#batch figure.pair b').map(text),
     perClass: all('#per-class tr').slice(1).map(r => all('td', r).map(text)),
     bars: all('#errors svg.chart rect.bin').length,
+    binCounts: all('#errors svg.chart text.count').map(text),
     gallery: all('#errors figure.error').map(f => [all('img', f).filter(
         i => i.complete && i.naturalWidth > 0).length, text(f.querySelector('a'))]),
     issueLinks: all('#label-issues a').map(a => a.getAttribute('href')),
@@ -183,6 +185,8 @@ def test_the_batch_and_error_sections_show_this_runs_records(demo_run, open_page
     assert seen["perClass"] == [[c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}",
                                  f"{c['f1']:.3f}", f"{c['support']:,}"] for c in er["per_class"]]
     assert seen["bars"] == sum(b["count"] > 0 for b in er["calibration"])
+    assert seen["binCounts"] == [_short_count(b["count"]) for b in er["calibration"]
+                                 if b["count"]]
     assert [g[1] for g in seen["gallery"]] == [x["path"].split("/")[-1] for x in er["gallery"]]
     assert all(n == 3 for n, _ in seen["gallery"])  # input, original, Grad-CAM
     assert len(seen["issueLinks"]) == min(50, len(er["label_issues"]))

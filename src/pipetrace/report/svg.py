@@ -48,10 +48,25 @@ def line_chart(xs: Sequence[int], series: dict[str, Sequence[float | None]], *, 
 
 
 
+def _short_count(n: int) -> str:
+    """A count in at most four characters, cut (not rounded) to its leading digits: 950,
+    9.9k, 95k, 950k, 9.5M (the exact count is in the bar's tooltip)."""
+    if n < 1_000:
+        return str(n)
+    if n < 10_000:
+        return f"{n // 100 / 10:.1f}k"
+    if n < 1_000_000:
+        return f"{n // 1_000}k"
+    if n < 10_000_000:
+        return f"{n // 100_000 / 10:.1f}M"
+    return f"{n // 1_000_000}M"
+
+
 def reliability_chart(bins: Sequence[dict], *, width: int = 420, height: int = 240) -> str:
     """A reliability diagram: per confidence bin, the accuracy (bar) against the diagonal
-    that perfect calibration follows; empty bins have no bar."""
-    left, right, top, bottom = 44, 12, 26, 34
+    that perfect calibration follows, and over each bar how many images it holds (a bar of
+    three images says little); empty bins have no bar."""
+    left, right, top, bottom = 44, 12, 40, 34
     if not bins:
         return ""
     w, h = width - left - right, height - top - bottom
@@ -64,7 +79,8 @@ def reliability_chart(bins: Sequence[dict], *, width: int = 420, height: int = 2
 
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
              'aria-label="Reliability diagram" xmlns="http://www.w3.org/2000/svg">',
-             f'<text x="{left}" y="16" class="t">Reliability: accuracy by confidence</text>']
+             f'<text x="{left}" y="16" class="t">Reliability: accuracy by confidence</text>',
+             f'<text x="{left - 4}" y="{top - 8}" class="yl">images</text>']
     for i in range(5):
         y = i / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
@@ -81,6 +97,8 @@ def reliability_chart(bins: Sequence[dict], *, width: int = 420, height: int = 2
                      f'fill="{COLOURS[0]}" fill-opacity="0.75"><title>{b["count"]} images, '
                      f'confidence {b["confidence"]:.2f}, accuracy {b["accuracy"]:.2f}'
                      '</title></rect>')
+        parts.append(f'<text class="xl count" x="{(x0 + x1) / 2:.1f}" y="{top - 8}">'
+                     f'{_short_count(b["count"])}</text>')
     parts.append(f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" '
                  f'stroke="{COLOURS[1]}" stroke-dasharray="4 3"/>')
     parts.append("</svg>")
