@@ -1,6 +1,7 @@
-"""How fast the command line answers: `pipetrace --help` and `pipetrace train --help`,
-against a bare interpreter and an `import torch` in the same run (hyperfine-style: each
-command started afresh N times, median with min-max).
+"""How fast the command line answers: `pipetrace --help`, `pipetrace train --help`, and two
+commands that only read and print (`check` of the photos, answered from the dataset index;
+`quiz` of a missing trace), against a bare interpreter and an `import torch` in the same run
+(hyperfine-style: each command started afresh N times, median with min-max).
 
     python bench/cli_start.py [REPEATS]
 
@@ -15,20 +16,28 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, save
+from common import ROOT, data_dir, save
+
+PHOTOS = data_dir([], "hymenoptera")
 
 COMMANDS = {
     "python -c pass (anchor)": [sys.executable, "-c", "pass"],
     "python -c 'import torch' (anchor)": [sys.executable, "-c", "import torch"],
     "pipetrace --help": [sys.executable, "-m", "pipetrace", "--help"],
     "pipetrace train --help": [sys.executable, "-m", "pipetrace", "train", "--help"],
+    "pipetrace check PHOTOS (index)": [sys.executable, "-m", "pipetrace", "check", str(PHOTOS)],
+    "pipetrace quiz MISSING": [sys.executable, "-m", "pipetrace", "quiz", "/nonexistent/run"],
 }
+EXIT_CODES = {"pipetrace check PHOTOS (index)": (0, 1),  # 1: the photos have warnings
+              "pipetrace quiz MISSING": (2,)}  # one error line
 
 
-def seconds(argv: list[str]) -> float:
+def seconds(argv: list[str], ok: tuple[int, ...] = (0,)) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    if proc.returncode not in ok:
+        sys.exit(f"bench: {' '.join(argv)} exited {proc.returncode}")
     return time.perf_counter() - t0
 
 
@@ -36,8 +45,9 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     results = {}
     for name, argv in COMMANDS.items():
-        seconds(argv)  # warm the file cache
-        times = [seconds(argv) for _ in range(n)]
+        ok = EXIT_CODES.get(name, (0,))
+        seconds(argv, ok)  # warm the file cache (and, for check, the dataset index)
+        times = [seconds(argv, ok) for _ in range(n)]
         results[name] = {"median": statistics.median(times), "min": min(times),
                          "max": max(times)}
     torch_s = results["python -c 'import torch' (anchor)"]["median"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import coloured_image, write_image
-from pipetrace import checks
+from pipetrace import checks, doctor
 from pipetrace.checks import inspect_batch
 from pipetrace.dataset_trace import trace_image
 from pipetrace.images import read_bytes
@@ -81,10 +81,10 @@ def test_train_eval_skew():
 
 def test_numeric_class_names_sorted_as_strings():
     classes = sorted(str(i) for i in range(1, 11))  # what ImageFolder does
-    (f,) = checks.check_class_order(classes)
+    (f,) = doctor.check_class_order(classes)
     assert f.severity == "warning" and "'10' -> 1" in f.evidence
-    assert checks.check_class_order(["cat", "dog"]) == []
-    assert checks.check_class_order(["01", "02", "10"])[0].severity == "info"
+    assert doctor.check_class_order(["cat", "dog"]) == []
+    assert doctor.check_class_order(["01", "02", "10"])[0].severity == "info"
 
 
 def no_alarm_on(files, pre):

@@ -120,6 +120,25 @@ def test_help_imports_no_torch(argv, allowed):
     assert set(imported) <= set(allowed), imported
 
 
+def test_commands_that_only_read_and_print_start_without_torch(demo_run, tmp_path):
+    """`pipetrace check` and `pipetrace quiz` run, and fail on a missing path, without
+    importing torch (each used to wait ~3 s for it); what they print is tested elsewhere."""
+    from conftest import coloured_image, write_image
+    for c in ("cat", "dog"):
+        for i in range(3):
+            write_image(tmp_path / "d" / c / f"{i}.jpg", coloured_image(seed=i + 10 * len(c)))
+    for argv, allowed in [(["check", str(tmp_path / "d")], ["cv2"]),
+                          (["check", str(tmp_path / "missing")], ["cv2"]),
+                          (["quiz", "--answers", str(demo_run)], []),
+                          (["quiz", str(tmp_path / "missing")], [])]:
+        proc = subprocess.run([sys.executable, "-c", IMPORTS, *argv], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        imported = eval(proc.stdout.strip().splitlines()[-1])
+        assert set(imported) <= set(allowed), (argv, imported)
+        assert "Traceback" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--epochs", "0"], "epochs (--epochs) cannot be 0"),
     (["--epochs", "-1"], "epochs (--epochs) cannot be -1"),

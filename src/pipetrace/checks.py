@@ -8,7 +8,6 @@ statistics sampled during training (:func:`run_checks`).
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .doctor import check_class_order  # a dataset check: doctor.py, with the others
 from .findings import SEVERITIES, Finding
 from .images import display_path
 from .pipeline import SEED_STAGES as SEED_STAGE_NAMES
@@ -236,25 +236,6 @@ def check_train_eval_skew(train: Preprocess, serve: Preprocess) -> list[Finding]
                     "; ".join(diffs),
                     "build the serving pipeline from the checkpoint's contract "
                     "(pipetrace predict does) instead of re-typing the numbers")]
-
-
-def check_class_order(classes: Sequence[str]) -> list[Finding]:
-    """ImageFolder sorts class folders as strings: 1, 10, 2, ... (pytorch/pytorch#22566)."""
-    numeric = [c for c in classes if re.fullmatch(r"-?\d+", c)]
-    if len(numeric) < 2:
-        return []
-    as_numbers = sorted(numeric, key=int)
-    if list(numeric) == as_numbers:
-        return [Finding("class-order", "info", "dataset", "Class names are numbers",
-                        "their string order equals their numeric order here",
-                        "use the saved class -> index map, never int(folder name)")]
-    pairs = ", ".join(f"'{c}' -> {i}" for i, c in enumerate(classes) if c in numeric[:4])
-    return [Finding("class-order", "warning", "dataset",
-                    "Numeric class names are indexed in string order",
-                    f"folders sort as text, so {pairs}, ...: index != int(name); code that "
-                    "assumes otherwise reports wrong classes (pytorch/pytorch#22566)",
-                    "map predictions with the class list saved in the checkpoint, or zero-pad "
-                    "folder names (01, 02, ..., 10)")]
 
 
 # -- a whole run -----------------------------------------------------------------------------------

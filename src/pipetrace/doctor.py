@@ -47,7 +47,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from .checks import check_class_order
 from .files import sha256_file
 from .findings import SEVERITIES, Finding
 from .images import (
@@ -317,6 +316,25 @@ def inspect_file(path: str, *, split: str = "", label: str | None = None,
 
 
 # -- the whole dataset ---------------------------------------------------------------------------
+
+def check_class_order(classes: Sequence[str]) -> list[Finding]:
+    """ImageFolder sorts class folders as strings: 1, 10, 2, ... (pytorch/pytorch#22566)."""
+    numeric = [c for c in classes if re.fullmatch(r"-?\d+", c)]
+    if len(numeric) < 2:
+        return []
+    as_numbers = sorted(numeric, key=int)
+    if list(numeric) == as_numbers:
+        return [Finding("class-order", "info", "dataset", "Class names are numbers",
+                        "their string order equals their numeric order here",
+                        "use the saved class -> index map, never int(folder name)")]
+    pairs = ", ".join(f"'{c}' -> {i}" for i, c in enumerate(classes) if c in numeric[:4])
+    return [Finding("class-order", "warning", "dataset",
+                    "Numeric class names are indexed in string order",
+                    f"folders sort as text, so {pairs}, ...: index != int(name); code that "
+                    "assumes otherwise reports wrong classes (pytorch/pytorch#22566)",
+                    "map predictions with the class list saved in the checkpoint, or zero-pad "
+                    "folder names (01, 02, ..., 10)")]
+
 
 def _label_of(path: str, scan: FolderScan) -> str | None:
     parts = os.path.relpath(path, scan.root).split(os.sep)

@@ -71,9 +71,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..images import ImageLoadError
-    from ..prepare import DatasetRefused
     from ..text import printable
 
     with warnings.catch_warnings():
@@ -86,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `pipetrace check --json | head`: the reader left
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except (ImageLoadError, CheckpointError, DatasetRefused, OSError,
-                ValueError) as exc:  # OSError: a missing folder, a read-only one, a full disk
+        except (OSError, ValueError) as exc:  # bad input: an unreadable image, checkpoint or
+            # dataset (ImageLoadError, CheckpointError, DatasetRefused are ValueErrors; naming
+            # them here cost every command torch's import, ~3 s); OSError: a missing folder,
+            # a read-only one, a full disk
             print(f"pipetrace: error: {_rank_prefix()}{printable(exc)}", file=sys.stderr)
             return 2
         except RuntimeError as exc:
@@ -120,6 +119,8 @@ def _show_warning_safely(message, category, filename, lineno, file=None, line=No
 
 def _rank_prefix() -> str:
     """'rank 1 of 2: ' under torchrun (whose environment the CLI may read), else ''."""
+    if "RANK" not in os.environ:  # no launcher's process: answered without torch's import
+        return ""
     from ..distributed import env_requests_distributed
 
     if not env_requests_distributed(os.environ):

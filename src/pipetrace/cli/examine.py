@@ -179,7 +179,7 @@ def cmd_check(args) -> int:
 
     from ..doctor import CheckConfig, check_dataset
     from ..images import LoadLimits
-    from ..report import terminal as term
+    from ..report.console import make_console  # check needs neither torch nor torchvision
     from ..report.dataset import print_dataset_report
 
     cfg = CheckConfig(limits=LoadLimits(max_pixels=args.max_image_pixels), strict=not args.fast,
@@ -190,7 +190,7 @@ def cmd_check(args) -> int:
             # ensure_ascii: the bytes on stdout are ASCII whatever the terminal's encoding
             print(json.dumps(report.to_dict(), indent=1))
         else:
-            print_dataset_report(term.make_console(), report, max_paths=args.max_paths)
+            print_dataset_report(make_console(), report, max_paths=args.max_paths)
     except BrokenPipeError:  # `check --json | head`: keep the verdict as the exit code
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return report.exit_code

@@ -30,7 +30,7 @@ def add_quiz(q) -> None:
 
 def cmd_quiz(args) -> int:
     from ..report.document import load_document
-    from ..report.quizcli import run_quiz
+    from ..report.quizcli import run_quiz  # neither imports torch: the quiz starts at once
 
     doc = load_document(Path(args.run) / "trace.json" if Path(args.run).is_dir() else args.run)
     return run_quiz(doc, answers=args.answers)

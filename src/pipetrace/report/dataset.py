@@ -1,7 +1,7 @@
 """The terminal view of ``pipetrace check``: a summary first, then the findings in detail.
 
 It formats a :class:`~pipetrace.doctor.DatasetReport` and computes nothing. Every name from
-the dataset goes through :func:`~pipetrace.report.terminal.clean` (no markup, no terminal
+the dataset goes through :func:`~pipetrace.report.console.clean` (no markup, no terminal
 escape sequences, U+FFFD for bytes that are not UTF-8).
 """
 
@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..doctor import DatasetReport
 from ..findings import SEVERITIES, Finding
-from .terminal import clean
+from .console import clean
 
 COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
 HEADINGS = {"error": "Errors", "warning": "Warnings", "info": "Notes"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .terminal import clean, make_console
+from .console import clean, make_console
 
 
 def run_quiz(doc: dict, *, answers: bool = False, stdin=None, console=None) -> int:

@@ -7,7 +7,6 @@ or a checkpoint goes through :func:`clean` (no rich markup, no terminal escape s
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -22,29 +21,13 @@ from ..layers import LayerTrace
 from ..ops import OpTrace
 from ..pipeline import SEED_STAGES
 from ..records import EpochRecord, LRFinderResult, Observer, TrainResult, WeightsReport
-from ..text import printable
 from ..trace import DataFlow
 from ..transforms import Preprocess
+from .console import clean, make_console  # noqa: F401 (make_console: for the commands)
 
 if TYPE_CHECKING:
     from ..export import OnnxCheck
     from ..skew import SkewReport
-
-
-def clean(s: object) -> str:
-    """A name for the rich console: :func:`pipetrace.text.printable` with markup escaped."""
-    return printable(s, markup=True)
-
-
-def make_console(file=None, *, width: int | None = None) -> Console:
-    """A console for stdout (or ``file``); colours and live bars only on a terminal.
-
-    Logs and pipes get 160 columns, so the tables stay readable instead of folding at 80.
-    """
-    file = file or sys.stdout
-    if width is None and not (hasattr(file, "isatty") and file.isatty()):
-        width = 160
-    return Console(file=file, width=width, highlight=False, soft_wrap=False)
 
 
 def stage_table(flow: DataFlow, title: str = "Data flow") -> Table:
