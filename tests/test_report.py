@@ -220,8 +220,10 @@ def test_control_and_bidi_characters_never_reach_the_page(demo_run):
 
 def test_the_reliability_bins_show_their_counts_cut_to_four_characters():
     from pipetrace.report.svg import _short_count, reliability_chart
-    assert [_short_count(n) for n in (7, 999, 1_049, 9_999, 10_000, 999_999, 9_990_000)] == [
-        "7", "999", "1.0k", "9.9k", "10k", "999k", "9.9M"]  # cut, never rounded up
+    assert [_short_count(n) for n in (7, 999, 1_049, 9_999, 10_000, 999_999, 9_990_000,
+                                      999_999_999, 1_000_000_000)] == [
+        "7", "999", "1.0k", "9.9k", "10k", "999k", "9.9M", "999M", "1.0G"]  # cut, not rounded
+    assert max(len(_short_count(10 ** e - 1)) for e in range(1, 13)) <= 4
     bins = [dict(low=i / 4, high=(i + 1) / 4, count=n, confidence=i / 4 + 0.1, accuracy=0.5)
             for i, n in enumerate((0, 3, 12_345, 40))]
     svg = reliability_chart(bins)

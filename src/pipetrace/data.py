@@ -302,8 +302,8 @@ def check_files(samples: list[tuple[str, int]], limits: LoadLimits = LoadLimits(
         for path, _ in samples:
             try:
                 results.append(check_file(path, limits))
-            except ImageLoadError as exc:
-                results.append(exc)
+            except ImageLoadError as exc:  # kept without its traceback: its frames hold
+                results.append(exc.with_traceback(None))  # the file's first 256 KiB
     for sample, result in zip(samples, results, strict=True):
         if isinstance(result, ImageLoadError):
             bad.append((sample[0], str(result)))

@@ -486,11 +486,11 @@ def _checks_code() -> bytes:
     """The source of the modules that make the quick checks' findings and their text, so
     findings kept by other code are not reused (pipetrace's version where the source cannot
     be read, e.g. from a zip)."""
-    from . import __version__, checks, findings, scan, text
+    from . import __version__, findings, scan, text
 
     try:
         return b"".join(Path(m.__file__).read_bytes()
-                        for m in (sys.modules[__name__], checks, findings, scan, text))
+                        for m in (sys.modules[__name__], findings, scan, text))
     except (OSError, TypeError):
         return __version__.encode()
 

@@ -239,12 +239,12 @@ class DatasetIndex:
         except ImageLoadError as exc:
             if stamp is not None:
                 self._set(key, row, stamp, error=exc.reason)
-            return exc
+            return exc.with_traceback(None)  # its frames would keep the file's head alive
         self._set(key, row, stamp, **facts._asdict())
         try:
             return CheckedFile(*judge_header(facts, path, limits), stamp)
         except ImageLoadError as exc:
-            return exc
+            return exc.with_traceback(None)
 
     def sha256(self, path: str, stamp: tuple[int, int] | None = None) -> str:
         """The file's SHA-256 (hex), from the index while the file is unchanged; ``stamp``:

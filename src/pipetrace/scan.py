@@ -43,7 +43,7 @@ def gc_paused():
     Every 700 new tuples start a collection of the young objects, and as the heap grows,
     full ones that walk every object built so far. On 200,000 files answered from the
     dataset index, ``prepare_data`` took 3.0-3.2 s with the collector and 2.3-2.4 s without
-    (plus ~0.25 s for its one catch-up collection afterwards). Little built here forms
+    (plus 0.1-0.25 s for the catch-up collection that follows). Little built here forms
     reference cycles; the collector resumes on leaving, as it was before.
     """
     enabled = gc.isenabled()

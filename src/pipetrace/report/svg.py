@@ -49,8 +49,8 @@ def line_chart(xs: Sequence[int], series: dict[str, Sequence[float | None]], *, 
 
 
 def _short_count(n: int) -> str:
-    """A count in at most four characters, cut (not rounded) to its leading digits: 950,
-    9.9k, 95k, 950k, 9.5M (the exact count is in the bar's tooltip)."""
+    """A count in four characters or fewer (below 10^12), cut (not rounded) to its leading
+    digits: 950, 9.9k, 95k, 950k, 9.5M, 950M, 9.5G (the exact count is in the tooltip)."""
     if n < 1_000:
         return str(n)
     if n < 10_000:
@@ -59,7 +59,9 @@ def _short_count(n: int) -> str:
         return f"{n // 1_000}k"
     if n < 10_000_000:
         return f"{n // 100_000 / 10:.1f}M"
-    return f"{n // 1_000_000}M"
+    if n < 1_000_000_000:
+        return f"{n // 1_000_000}M"
+    return f"{n // 100_000_000 / 10:.1f}G" if n < 10_000_000_000 else f"{n // 10**9}G"
 
 
 def reliability_chart(bins: Sequence[dict], *, width: int = 420, height: int = 240) -> str:
