@@ -2,6 +2,7 @@
 diagram's bins, the worst images against predictions.csv, and confident learning finding
 planted label errors."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -213,3 +214,27 @@ def test_an_evaluation_is_never_overwritten(held_out_run, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already holds predictions" in err
     assert (run / "eval-all" / "errors.json").read_bytes() == first
+
+
+def test_class_folders_the_model_does_not_know_are_named_not_silently_dropped(
+        held_out_run, tmp_path, capsys):
+    """A folder `Ant` (renamed) and an extra class are not scored, and the evaluation says
+    so, in the terminal and in errors.json (found in a new-user trial: 8 of 12 images were
+    left out of an accuracy without a word)."""
+    from pipetrace.cli import main
+
+    root, run, _ = held_out_run
+    other = tmp_path / "other"
+    shutil.copytree(root / "bee", other / "bee")
+    shutil.copytree(root / "ant", other / "Ant")  # not the checkpoint's "ant"
+    shutil.copytree(root / "ant", other / "wasp")
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run), str(other), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "2 class folder(s) left out, not scored" in said and "'Ant', 'wasp'" in said
+    doc = json.loads((out / "errors.json").read_text())
+    assert doc["left_out_folders"] == [str(other / "Ant"), str(other / "wasp")]
+    assert doc["errors"]["images"] == 10  # the bees only
+    assert main(["evaluate", str(run), str(root), "--split", "all", "--out",
+                 str(tmp_path / "ev2")]) == 0
+    assert "left out" not in capsys.readouterr().out  # the run's own folder: nothing left out

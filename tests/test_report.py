@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -229,3 +230,15 @@ def test_the_reliability_bins_show_their_counts_cut_to_four_characters():
     svg = reliability_chart(bins)
     assert re.findall(r'class="xl count"[^>]*>([^<]*)<', svg) == ["3", "12k", "40"]
     assert svg.count('class="bin"') == 3  # the empty bin has neither bar nor count
+
+
+def test_a_symlink_loop_named_by_a_finding_still_gets_a_link(tmp_path):
+    """A dataset's symlink loop is a finding the page links to; resolving the link raised
+    RuntimeError and lost the whole page after training (found in a new-user trial)."""
+    from urllib.parse import quote
+
+    from pipetrace.report.html import file_uri
+    (tmp_path / "x1").symlink_to(tmp_path / "x2")
+    (tmp_path / "x2").symlink_to(tmp_path / "x1")
+    assert file_uri(str(tmp_path / "x1")) == "file://" + quote(str(tmp_path / "x1"))
+    assert file_uri("rel/a b.jpg") == "file://" + quote(os.path.abspath("rel/a b.jpg"))

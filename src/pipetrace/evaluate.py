@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .data import ImageDataset, LoaderConfig, make_loader
 from .errors import ErrorAnalysis, Predictions, analyse
 from .predict import LoadedModel, load_model
-from .scan import find_splits, scan_image_folder
+from .scan import NOT_A_TRAINING_CLASS, find_splits, scan_image_folder
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,23 @@ class Evaluation:
     predictions: Predictions
     errors: ErrorAnalysis
     unreadable: list[tuple[str, str]]  # (path, reason) skipped
+    left_out: list[str] = field(default_factory=list)  # class folders the model does not know
 
     def to_dict(self) -> dict:
-        return {"format": "pipetrace-evaluation", "version": 1,  # 1: first format
+        return {"format": "pipetrace-evaluation", "version": 2,  # 2: left_out_folders
                 "checkpoint": self.checkpoint, "data": self.data, "split": self.split,
                 "errors": self.errors.to_dict(),
-                "unreadable": [list(u) for u in self.unreadable]}
+                "unreadable": [list(u) for u in self.unreadable],
+                "left_out_folders": list(self.left_out)}
 
 
 def split_samples(data: str | os.PathLike, split: str, classes: list[str], *,
-                  held_out: set[str] | None = None) -> list[tuple[str, int]]:
-    """The (path, class index) samples of ``split`` ("val", "train" or "all") of ``data``,
-    numbered by the checkpoint's ``classes``; other class folders are left out.
+                  held_out: set[str] | None = None
+                  ) -> tuple[list[tuple[str, int]], list[str]]:
+    """(samples, left out): the (path, class index) samples of ``split`` ("val", "train" or
+    "all") of ``data``, numbered by the checkpoint's ``classes``, and the class folders left
+    out because the checkpoint has no such class (a renamed ``01`` for ``1`` is one: the
+    caller says so, as those images are not scored).
 
     ``held_out``: when ``data`` is the folder the run trained on, the files it validated on
     (real paths, from its ``predictions.csv``; :func:`held_out_files`). Without a val/ (or
@@ -67,13 +72,17 @@ def split_samples(data: str | os.PathLike, split: str, classes: list[str], *,
     else:
         folder = splits.train.root
         folders = [folder]
-    samples = [s for f in folders for s in scan_image_folder(f, classes=list(classes)).samples]
+    scans = [scan_image_folder(f, classes=list(classes)) for f in folders]
+    samples = [s for scan in scans for s in scan.samples]
+    left_out = [p for scan in scans for p, why in scan.ignored if why == NOT_A_TRAINING_CLASS]
     if splits.val is None and held_out is not None and split != "all":  # the run's own split
         samples = [s for s in samples if (os.path.realpath(s[0]) in held_out) == (split == "val")]
     if not samples:
         raise ValueError(f"no images of the checkpoint's classes ({', '.join(classes[:5])}"
-                         f"{', ...' if len(classes) > 5 else ''}) under {folder!r}")
-    return samples
+                         f"{', ...' if len(classes) > 5 else ''}) under {folder!r}"
+                         + (f"; its class folders are {', '.join(map(repr, left_out[:5]))}"
+                            if left_out else ""))
+    return samples, left_out
 
 
 def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str = "val",
@@ -84,7 +93,8 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
 
     lm = load_model(lm) if not isinstance(lm, LoadedModel) else lm
     data = data or (lm.checkpoint.get("train_config") or {}).get("data") or ""
-    samples = split_samples(data, split, lm.classes, held_out=held_out_files(lm, data))
+    samples, left_out = split_samples(data, split, lm.classes,
+                                      held_out=held_out_files(lm, data))
     ds = ImageDataset(samples, lm.preprocess, path=lm.loader_path)  # the contract's pipeline
     loader = make_loader(ds, LoaderConfig(batch_size=batch_size, workers=workers),
                          shuffle=False)
@@ -97,7 +107,7 @@ def evaluate_run(lm: LoadedModel | str, data: str | None = None, *, split: str =
     pred = predictions_of(ds, lm.classes, ev["per_image"])
     pred = Predictions(pred.paths, pred.labels, pred.probs, pred.losses, pred.classes, split)
     bad = [(samples[i][0], reason) for i, reason in ev["bad"]]
-    return Evaluation(lm.source, str(data), split, pred, analyse(pred), bad)
+    return Evaluation(lm.source, str(data), split, pred, analyse(pred), bad, left_out)
 
 
 def held_out_files(lm: LoadedModel, data: str) -> set[str] | None:

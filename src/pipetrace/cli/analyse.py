@@ -59,6 +59,7 @@ def cmd_evaluate(args) -> int:
         console = term.make_console()
         console.print(f"Evaluated {term.clean(result.checkpoint)} on {term.clean(result.data)} "
                       f"({term.clean(result.split)})")
+        term.print_left_out(console, result.left_out, result.unreadable)
         term.print_errors(console, result.errors)
         console.print(f"Wrote {term.clean(out)}/: predictions.csv, errors.json")
     return 0

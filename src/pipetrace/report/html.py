@@ -43,11 +43,11 @@ document.querySelectorAll('.question').forEach(function (q) {
 
 def file_uri(path: str) -> str:
     """A ``file://`` link to a local file (percent-encoded: a name cannot become markup or
-    another scheme)."""
-    from pathlib import Path
+    another scheme). The path is made absolute, not resolved: a symlink loop in a dataset
+    (a finding) would make ``Path.resolve`` raise and lose the page."""
     from urllib.parse import quote
 
-    return "file://" + quote(os.fsencode(Path(path).resolve()), safe="/")  # the name's bytes
+    return "file://" + quote(os.fsencode(os.path.abspath(path)), safe="/")  # the name's bytes
 
 
 def _visible(value):

@@ -7,6 +7,7 @@ or a checkpoint goes through :func:`clean` (no rich markup, no terminal escape s
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -89,6 +90,24 @@ def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: 
 
 SPLIT_WORDS = {"val": "validation images", "train": "training images", "test": "test images",
                "all": "images (every split)"}
+
+
+def print_left_out(console: Console, folders: Sequence[str],
+                   unreadable: Sequence[tuple[str, str]]) -> None:
+    """What an evaluation did not score, before its numbers: class folders the checkpoint
+    has no class for (a renamed or extra class: its images are not in the accuracy), and
+    unreadable files."""
+    if folders:
+        names = ", ".join(repr(clean(os.path.basename(f))) for f in folders[:8])
+        more = f" and {len(folders) - 8} more" if len(folders) > 8 else ""
+        console.print(f"[yellow]warning:[/] {len(folders)} class folder(s) left out, not "
+                      f"scored: the checkpoint has no class named {names}{more} "
+                      f"(under {clean(os.path.dirname(folders[0]))}); rename them to its "
+                      "class names to score them")
+    if unreadable:
+        console.print(f"[yellow]warning:[/] {len(unreadable)} unreadable file(s) skipped: "
+                      f"{clean(unreadable[0][0])}: {clean(unreadable[0][1])}"
+                      + (f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""))
 
 
 def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
