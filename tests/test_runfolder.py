@@ -83,6 +83,20 @@ def test_a_new_run_refuses_a_folder_that_holds_one(two_classes, tmp_path, capsys
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_is_not_offered_a_resume(
+        two_classes, tmp_path, capsys):
+    """A run that failed before epoch 1 ended leaves config.json only: the refusal says it
+    cannot be resumed (it used to offer --resume, which then found no last.pt)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main(["train", str(two_classes), *TINY, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "stopped before saving a checkpoint" in err
+    assert "--resume" not in err and "config.json; no last.pt" in err
+    assert (run / "config.json").read_text() == "{}" and not (run / "last.pt").exists()
+
+
 HOLDER = """
     import os, signal, sys, time
     from pipetrace.runfolder import claim

@@ -116,6 +116,12 @@ def claim(run: str | os.PathLike) -> Iterator[Path]:
 def refuse_if_taken(run: str | os.PathLike) -> None:
     """A new run must not write into a folder that holds another one."""
     if holds_run(run):
+        if not (Path(run) / "last.pt").exists():  # it stopped before its first checkpoint
+            held = ", ".join(m for m in RUN_MARKERS if (Path(run) / m).exists())
+            raise RunFolderError(f"run folder {str(run)!r} already holds a run that stopped "
+                                 f"before saving a checkpoint ({held}; no last.pt), so it "
+                                 "cannot be resumed: delete the folder or choose another "
+                                 "--out; nothing was overwritten")
         raise RunFolderError(f"run folder {str(run)!r} already holds a run: continue it with "
                              f"--resume {str(run)!r} (fit(resume=True)), or choose another "
                              "--out; nothing was overwritten")
