@@ -146,6 +146,11 @@ def test_commands_that_only_read_and_print_start_without_torch(demo_run, tmp_pat
     (["--batch-size", "-1"], "batch_size (--batch-size) cannot be -1"),
     (["--crop-pct", "0"], "crop_pct (--crop-pct) cannot be 0.0"),
     (["--optimizer", "adam"], "it must be one of: sgd, adamw"),
+    # each of these passed and then crashed or was killed for memory (a new-user trial)
+    (["--image-size", "64", "--crop-pct", "0.001"], "= 64000 pixels: the evaluation resize "
+     "must stay within 8192"),
+    (["--lr", "1e308"], "lr (--lr) cannot be 1e+308: it must be a number in (0, 1e+06]"),
+    (["--seed", "99999999999999999999"], "it must be an integer in [0, 9223372036854775807]"),
 ])
 def test_bad_flags_are_one_line_before_the_dataset_is_looked_at(flags, says, tmp_path, capsys):
     """The dataset folder does not exist: the error is about the flag, so it came first."""
@@ -153,6 +158,37 @@ def test_bad_flags_are_one_line_before_the_dataset_is_looked_at(flags, says, tmp
                  *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and "no-such-dataset" not in err, err
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--size", "100000"], "--size cannot be 100000: it must be an integer in [1, 4096]"),
+    (["--crop-pct", "5"], "--crop-pct cannot be 5.0: it must be a number in (0, 1]"),
+    (["--crop-pct", "nan"], "--crop-pct cannot be nan"),
+    (["--crop-pct", "1e-9"], "the resize before the crop must stay within 8192"),
+    (["--batch", "--per-class", "0"], "--per-class cannot be 0"),
+])
+def test_trace_checks_its_flags_as_train_does(flags, says, tmp_path, capsys):
+    """`trace` took any size and crop (100000 was killed for memory, 5 was accepted)."""
+    from conftest import coloured_image, write_image
+    image = write_image(tmp_path / "a.png", coloured_image())
+    assert main(["trace", str(image), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_a_crop_too_small_for_the_default_size_is_refused_before_a_folder_is_made(
+        tmp_path, capsys):
+    """Without --image-size the size is known only from the weights (224 here): the
+    contract is checked then, before the run folder exists."""
+    from conftest import coloured_image, write_image
+    for c in ("cat", "dog"):
+        for i in range(2):
+            write_image(tmp_path / "d" / c / f"{i}.png", coloured_image(seed=i + 3 * len(c)))
+    assert main(["train", str(tmp_path / "d"), "--model", "pipenet-tiny", "--crop-pct",
+                 "0.001", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(224 / 0.001) = 224000 pixels" in err, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_gpu_that_is_not_there_is_one_line(tmp_path, capsys):

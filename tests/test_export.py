@@ -58,3 +58,17 @@ def test_export_defaults_to_the_validation_images(demo_run, tmp_path, limit, cap
     assert main(["export", str(demo_run), "--onnx", str(tmp_path / "m.onnx"), "--limit",
                  str(limit), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == limit
+
+
+@pytest.mark.parametrize("opset, says", [
+    (999, "opset 999 (--opset): torch's exporter writes ONNX opsets 7 to 20"),
+    (1, "opset 1 (--opset)"),
+    (7, "as ONNX opset 7: ONNX export failed on"),  # in range, but the model needs more
+])
+@pytest.mark.filterwarnings("ignore:Setting 'keep_initializers_as_inputs")  # torch, at 7
+def test_an_opset_the_exporter_cannot_write_is_one_line(demo_run, tmp_path, capsys, opset, says):
+    assert main(["export", str(demo_run), "--onnx", str(tmp_path / "m.onnx"), "--opset",
+                 str(opset)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "m.onnx").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import LOADER_CHOICES, MAX_IMAGE_SIZE, Allowed
+from .config import LOADER_CHOICES, MAX_IMAGE_SIZE, MAX_RESIZE, Allowed
 from .files import sha256_file, write_atomic, write_text_atomic
 from .images import display_path, sniff_format
 from .transforms import Preprocess
@@ -148,7 +148,6 @@ def checkpoint_from(ckpt: object, path) -> dict:
 # -- the schema ------------------------------------------------------------------------------------
 
 MAX_CLASSES = 100_000
-MAX_RESIZE = 2 * MAX_IMAGE_SIZE  # the eval resize before the crop (size / crop_pct), pixels
 INTERPOLATIONS = ("nearest", "nearest_exact", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 # field -> (type, what it allows); a missing preprocessing field takes Preprocess's default

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .images import MAX_IMAGE_PIXELS
@@ -42,6 +42,9 @@ PRESETS: dict[str, dict] = {
 }
 
 MAX_IMAGE_SIZE = 4096  # pixels: a square input side above this is a typo, not a model input
+MAX_RESIZE = 2 * MAX_IMAGE_SIZE  # the eval resize before the crop (size / crop_pct), pixels
+MAX_SEED = 2**63 - 1  # what torch.manual_seed takes
+MAX_LR = 1e6  # far above any rate that trains; float32 steps overflow long before 1e38
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ class Allowed:
             text = "text"
         else:
             noun = "an integer" if kind is int else "a number"
-            lo = None if self.low is None else f"{self.low:g}"
-            hi = None if self.high is None else f"{self.high:g}"
+            num = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")
+            lo = None if self.low is None else num(self.low)
+            hi = None if self.high is None else num(self.high)
             if lo is not None and hi is not None:
                 text = (f"{noun} in {'(' if self.low_open else '['}{lo}, {hi}"
                         f"{')' if self.high_open else ']'}")
@@ -138,6 +142,16 @@ def check_fields(cfg) -> None:
                               f"{allowed.describe(kind)}")
 
 
+def check_setting(name: str, value: Any, flag: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is allowed for the :class:`TrainConfig`
+    field ``name``: for a command that takes the same setting under its own ``flag``
+    (``trace --size`` is ``image_size``)."""
+    f = next(f for f in fields(TrainConfig) if f.name == name)
+    allowed, kind = replace(field_allowed(f), optional=False), field_kind(f)  # given: a value
+    if not allowed.admits(value, kind):
+        raise ConfigError(f"{flag} cannot be {value!r}: it must be {allowed.describe(kind)}")
+
+
 DEVICE_PATTERN = r"cuda:\d+"
 AUGMENT_CHOICES = ("none", "flip", "crop-flip", "rrc")  # == transforms.AUGMENTS (tested)
 LOADER_CHOICES = ("fast", "classic")  # == data.LOADER_PATHS (tested)
@@ -169,7 +183,8 @@ class TrainConfig:
     optimizer: str = setting("adamw", "sgd: with Nesterov momentum; adamw: decoupled weight decay",
                              choices=("sgd", "adamw"))
     lr: float = setting(2e-3, "peak learning rate (of the head, when fine-tuning; auto: a "
-                        "learning-rate range test picks it)", low=0, low_open=True)
+                        "learning-rate range test picks it)", low=0, low_open=True,
+                        high=MAX_LR)
     lr_find: bool = setting(False, "pick lr with a learning-rate range test before training "
                             "(what --lr auto sets)")
     schedule: str = setting("onecycle", "learning-rate schedule per step (cosine: after a "
@@ -197,7 +212,7 @@ class TrainConfig:
                                    "image_size / 8)", low=0, optional=True)
     workers: int = setting(0, "DataLoader workers per process; measure before raising (2 "
                            "cores!)", low=0)
-    seed: int = setting(0, "same seed, same CPU: same metrics", low=0)
+    seed: int = setting(0, "same seed, same CPU: same metrics", low=0, high=MAX_SEED)
     device: str = setting("auto", "where to train (auto: a GPU if there is one)", choices=("auto", "cpu", "cuda"), pattern=DEVICE_PATTERN,
                           pattern_text="cuda:N")
     amp: str = setting("auto", "mixed precision (auto: bf16 where the hardware has it natively, "
@@ -244,6 +259,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.image_size and self.crop_pct and round(self.image_size / self.crop_pct) > MAX_RESIZE:
+            raise ConfigError(f"image_size / crop_pct (--image-size {self.image_size} / "
+                              f"--crop-pct {self.crop_pct:g}) = "
+                              f"{self.image_size / self.crop_pct:.0f} pixels: the evaluation "
+                              f"resize must stay within {MAX_RESIZE}")
         if self.decode_on_device and (self.loader != "fast" or self.augment == "rrc"):
             raise ConfigError("decode_on_device (--decode-on-device) needs --loader fast and a "
                               "batch-level augmentation (none, flip, crop-flip), not --loader "

@@ -26,6 +26,7 @@ from .files import write_bytes_atomic
 from .predict import LoadedModel
 
 OPSET = 17  # ONNX opset; 17 is read by every onnxruntime since 1.11
+OPSETS = range(7, 21)  # what torch's TorchScript exporter (dynamo=False) writes: 7 to 20
 FORMAT = "pipetrace-onnx/1"  # 1: classes, preprocess, model_config, input, output
 INPUT, OUTPUT = "input", "logits"
 
@@ -50,6 +51,9 @@ def export_onnx(lm: LoadedModel, path: str | os.PathLike, *, opset: int = OPSET)
     """Write ``lm``'s model as ONNX with a dynamic batch axis and the contract; return path."""
     import onnx
 
+    if opset not in OPSETS:
+        raise ValueError(f"opset {opset} (--opset): torch's exporter writes ONNX opsets "
+                         f"{OPSETS.start} to {OPSETS.stop - 1} (default {OPSET})")
     x = torch.zeros(1, 3, lm.preprocess.size, lm.preprocess.size)
     buf = io.BytesIO()
     lm.model.eval()
@@ -57,9 +61,14 @@ def export_onnx(lm: LoadedModel, path: str | os.PathLike, *, opset: int = OPSET)
         # torch warns that the TorchScript exporter is the legacy one; we choose it (docstring).
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
-        torch.onnx.export(lm.model, (x,), buf, dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        try:
+            torch.onnx.export(lm.model, (x,), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        except torch.onnx.errors.OnnxExporterError as exc:  # e.g. an op the opset lacks
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot export {lm.source} as ONNX opset {opset}: "
+                             f"{reason}") from None
     model = onnx.load_from_string(buf.getvalue())
     del model.metadata_props[:]
     for key, value in metadata(lm).items():

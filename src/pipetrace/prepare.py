@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .config import MAX_RESIZE, ConfigError
 from .data import (
     ImageDataset,
     LoaderConfig,
@@ -74,6 +75,10 @@ def run_contract(cfg: TrainConfig, expected: Preprocess | None = None) -> Prepro
                   crop_pct=pre.crop_pct if cfg.crop_pct is None else cfg.crop_pct)
     if cfg.stats == "imagenet":
         pre = replace(pre, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if pre.resize_size > MAX_RESIZE:  # the config checks this when it sets both itself
+        raise ConfigError(f"image size / crop_pct ({pre.size} / {pre.crop_pct:g}) = "
+                          f"{pre.resize_size} pixels: the evaluation resize must stay within "
+                          f"{MAX_RESIZE} (set --crop-pct or --image-size)")
     return pre
 
 

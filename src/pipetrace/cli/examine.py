@@ -40,8 +40,17 @@ def add_trace(tr) -> None:
 def cmd_trace(args) -> int:
     import json
 
+    from ..config import MAX_RESIZE, ConfigError, check_setting
     from ..report import terminal as term
 
+    check_setting("image_size", args.size, "--size")  # what train allows, under trace's flags
+    check_setting("crop_pct", args.crop_pct, "--crop-pct")
+    check_setting("seed", args.seed, "--seed")
+    if round(args.size / args.crop_pct) > MAX_RESIZE:
+        raise ConfigError(f"--size / --crop-pct = {args.size / args.crop_pct:.0f} pixels: the "
+                          f"resize before the crop must stay within {MAX_RESIZE}")
+    if args.per_class < 1:
+        raise ConfigError(f"--per-class cannot be {args.per_class}: it must be an integer >= 1")
     if args.batch:
         return _show_batch(args)
     if args.dataset:
