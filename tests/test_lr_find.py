@@ -136,7 +136,7 @@ def test_lr_auto_trains_as_a_run_given_that_rate(shapes, tmp_path):
     assert run_block(given)["lr_find"] is None
 
 
-def test_lr_find_command_writes_plot_and_record(shapes, tmp_path):
+def test_lr_find_command_writes_plot_and_record(shapes, tmp_path, capsys, monkeypatch):
     from conftest import run_cli
 
     out = tmp_path / "lr"
@@ -151,3 +151,15 @@ def test_lr_find_command_writes_plot_and_record(shapes, tmp_path):
     assert f"Suggested learning rate: {lr:.2e} ({record['suggested']['rule']})" in text
     assert record["suggested"]["reason"].split(";")[0] in text
     assert "learning rate (log scale); | suggestion" in proc.stdout and "┤" in proc.stdout
+    # a second test never replaces the first: --out is refused, the default goes to lr-find2
+    from pipetrace.cli import main
+
+    before = (out / "lr_find.json").read_bytes()
+    quick = [str(shapes), "--model", "pipenet-tiny", "--image-size", "64", "--steps", "3"]
+    assert main(["lr-find", *quick, "--out", str(out)]) == 2
+    assert "already holds a range test" in capsys.readouterr().err
+    assert (out / "lr_find.json").read_bytes() == before
+    monkeypatch.chdir(tmp_path)
+    for n in ("lr-find", "lr-find2"):
+        assert main(["lr-find", *quick]) == 0, capsys.readouterr().err
+        assert (tmp_path / "runs" / n / "lr_find.json").is_file()

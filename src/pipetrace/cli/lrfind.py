@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 from .run import add_config_flags, config_from_args
+
+LR_FIND_MARKERS = ("lr_find.json", "lr_find.png")  # what a range test writes
 
 
 def add_lr_find(p) -> None:
@@ -29,19 +30,26 @@ def cmd_lr_find(args) -> int:
     from ..lr_find import RangeTest, find_lr
     from ..report import terminal as term
     from ..report.plots import lr_find_png
+    from ..runfolder import RunFolderError, claim, claim_next_free, holds_run
 
     cfg = replace(config_from_args(args), data=args.data)
-    if args.out is None:
-        cfg = replace(cfg, out="runs/lr-find")
+    if args.out is not None and holds_run(args.out, LR_FIND_MARKERS):
+        raise RunFolderError(f"{args.out!r} already holds a range test: choose another --out, "
+                             "or leave it out for the next free runs/lr-find; nothing was "
+                             "overwritten")
     test = RangeTest(start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
     console = term.make_console()
     console.print(f"pipetrace lr-find: {term.clean(cfg.model)} on {term.clean(cfg.data)}, "
                   f"{test.steps} steps from {test.start_lr:g} to {test.end_lr:g}")
     result = find_lr(cfg, test)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "lr_find.png", lr_find_png(result))
-    write_text_atomic(out / "lr_find.json", json.dumps(result.to_dict(), indent=1))
+    where = (claim(args.out) if args.out is not None
+             else claim_next_free("runs/lr-find", LR_FIND_MARKERS))  # lr-find, lr-find2, ...
+    with where as out:
+        if args.out is not None and holds_run(out, LR_FIND_MARKERS):  # written meanwhile
+            raise RunFolderError(f"{args.out!r} already holds a range test; nothing was "
+                                 "overwritten")
+        write_bytes_atomic(out / "lr_find.png", lr_find_png(result))
+        write_text_atomic(out / "lr_find.json", json.dumps(result.to_dict(), indent=1))
     term.print_lr_find(console, result)
     console.print(f"Wrote {term.clean(out)}/: lr_find.png, lr_find.json. Train with it: "
                   f"--lr {result.lr:.2g} (or --lr auto, which runs this test first)", markup=False)
