@@ -242,3 +242,36 @@ def test_a_symlink_loop_named_by_a_finding_still_gets_a_link(tmp_path):
     (tmp_path / "x2").symlink_to(tmp_path / "x1")
     assert file_uri(str(tmp_path / "x1")) == "file://" + quote(str(tmp_path / "x1"))
     assert file_uri("rel/a b.jpg") == "file://" + quote(os.path.abspath("rel/a b.jpg"))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["training"]["epochs"][0].__setitem__("train_loss", "abc"),
+    lambda d: d["training"].__setitem__("epochs", None),
+    lambda d: d.__setitem__("findings", [{"a": 1}]),
+    lambda d: d.pop("training"),
+    lambda d: d.__setitem__("quiz", "x"),
+    lambda d: d["quiz"][0].__setitem__("answer", 999),
+])
+def test_a_trace_edited_by_hand_is_refused_in_one_line_not_a_traceback(demo_run, tmp_path,
+                                                                      capsys, edit):
+    """report and quiz render only what a run wrote; anything else (found in a new-user
+    trial: a number made text, a section removed, an answer out of range) is one line."""
+    from pipetrace.cli import main
+    doc = json.loads((demo_run / "trace.json").read_text())
+    edit(doc)
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(doc))
+    codes = [main(["report", str(path), "--out", str(tmp_path / "r.html")]),
+             main(["quiz", "--answers", str(path)])]
+    err = capsys.readouterr().err
+    assert 2 in codes and set(codes) <= {0, 2}, codes
+    assert "Traceback" not in err and all(
+        "does not hold what a run writes" in line for line in err.strip().splitlines()), err
+
+
+def test_a_trace_nested_too_deep_is_refused_in_one_line(tmp_path, capsys):
+    from pipetrace.cli import main
+    (tmp_path / "trace.json").write_text("[" * 100_000)
+    assert main(["quiz", str(tmp_path / "trace.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read trace" in err

@@ -29,8 +29,10 @@ def add_quiz(q) -> None:
 
 
 def cmd_quiz(args) -> int:
-    from ..report.document import load_document
+    from ..report.document import load_document, rendering
     from ..report.quizcli import run_quiz  # neither imports torch: the quiz starts at once
 
-    doc = load_document(Path(args.run) / "trace.json" if Path(args.run).is_dir() else args.run)
-    return run_quiz(doc, answers=args.answers)
+    path = Path(args.run) / "trace.json" if Path(args.run).is_dir() else Path(args.run)
+    doc = load_document(path)
+    with rendering(path):
+        return run_quiz(doc, answers=args.answers)

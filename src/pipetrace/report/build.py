@@ -21,7 +21,15 @@ from ..layers import LayerTrace
 from ..predict import PredictionRecord
 from ..records import TrainResult
 from ..trace import DataFlow, StageRecord, thumbnail
-from .document import FORMAT, VERSION, data_uri, load_document, meta_block, save_document
+from .document import (
+    FORMAT,
+    VERSION,
+    data_uri,
+    load_document,
+    meta_block,
+    rendering,
+    save_document,
+)
 from .html import render_html
 from .insight import make_insight
 from .plots import confusion_png, curves_png, grid_picture
@@ -187,9 +195,14 @@ def write_flow_report(flow: DataFlow, findings: list[Finding], folder: str | os.
 
 
 def rerender(trace_path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
-    """Render ``report.html`` from a ``trace.json`` alone; return the page's path."""
+    """Render ``report.html`` from a ``trace.json`` alone; return the page's path. A file
+    that is not what a run wrote is refused in one line (:func:`document.rendering`)."""
     target = Path(out) if out else Path(trace_path).with_name("report.html")
-    return _write_html(load_document(trace_path), target)
+    doc = load_document(trace_path)
+    with rendering(trace_path):
+        html = render_html(doc)
+    write_text_atomic(target, html)
+    return str(target)
 
 
 def _write_html(doc: dict, target: Path) -> str:

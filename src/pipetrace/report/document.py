@@ -27,6 +27,7 @@ Schema: ``docs/trace-format.md``. Format versions:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -87,11 +88,29 @@ def load_document(path: str | os.PathLike) -> dict:
     p = Path(path)
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read trace {str(p)!r}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested
+        raise ValueError(f"cannot read trace {str(p)!r}: {exc or type(exc).__name__}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{str(p)!r} is not a pipetrace trace (no 'format': '{FORMAT}')")
     if int(doc.get("version", 0)) > VERSION:
         raise ValueError(f"{str(p)!r} has trace format {doc['version']}, newer than this "
                          f"pipetrace reads ({VERSION})")
     return doc
+
+
+@contextlib.contextmanager
+def rendering(path: str | os.PathLike):
+    """Turn a failure while a view renders a trace.json (one edited by hand, or damaged:
+    a section missing, a number that is text) into one line naming the file and the cause;
+    the document is only what a run wrote, so its views do not check every field."""
+    try:
+        yield
+    except Exception as exc:
+        from jinja2 import TemplateError
+
+        if not isinstance(exc, (KeyError, TypeError, AttributeError, IndexError, ValueError,
+                                RecursionError, TemplateError)):
+            raise
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise ValueError(f"{str(path)!r} does not hold what a run writes (trace format "
+                         f"{VERSION}; was it edited?): {cause[:300]}") from None
