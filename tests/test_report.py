@@ -275,3 +275,19 @@ def test_a_trace_nested_too_deep_is_refused_in_one_line(tmp_path, capsys):
     assert main(["quiz", str(tmp_path / "trace.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read trace" in err
+
+
+def test_each_view_names_the_model_its_numbers_come_from(demo_run):
+    """The prediction trace follows best.pt, the error analysis is the last epoch's
+    predictions (last.pt): a run whose best epoch came early showed both without a word, and
+    they contradicted each other (a new-user trial)."""
+    doc = json.loads((demo_run / "trace.json").read_text())
+    out = " ".join((demo_run / "stdout.txt").read_text().split())
+    served = os.path.basename(doc["prediction"]["checkpoint"])
+    assert served == "best.pt"
+    assert f"Prediction trace — {doc['prediction']['image']}, by {served}" in out
+    epochs = len(doc["training"]["epochs"])
+    assert f"validation images (by last.pt, the model after epoch {epochs}): accuracy" in out
+    page = (demo_run / "report.html").read_text()
+    assert f"by <code>{served}</code>, the model the run serves" in page
+    assert f"the model after the last epoch ({epochs}), which made these predictions" in page

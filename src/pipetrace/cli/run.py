@@ -195,10 +195,12 @@ def print_run(console, result, art) -> None:
     if art.layer_trace is not None:
         pred = art.document["prediction"]
         console.print(term.layer_table(art.layer_trace, title=f"Prediction trace — "
-                                       f"{term.clean(pred['image'])}"))
+                                       f"{term.clean(pred['image'])}, by "
+                                       f"{term.clean(os.path.basename(pred['checkpoint']))}"))
         console.print("Top classes:\n" + term.top_k_lines(art.layer_trace), markup=False)
     if result.errors is not None:
-        term.print_error_summary(console, result.errors, result.run_dir)
+        term.print_error_summary(console, result.errors, result.run_dir,
+                                 model=f"by last.pt, the model after epoch {len(result.records)}")
     for f in art.findings:
         console.print(term.finding_line(f))
     if not art.findings:

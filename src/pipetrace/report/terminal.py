@@ -70,13 +70,15 @@ def batch_table(view: BatchView) -> Table:
     return t
 
 
-def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: int = 5
-                        ) -> None:
+def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: int = 5,
+                        *, model: str = "") -> None:
     """After training: accuracy and calibration in one line, the worst confusions and the
-    likeliest label errors (the rest: `pipetrace errors RUN_DIR`)."""
+    likeliest label errors (the rest: `pipetrace errors RUN_DIR`); ``model``: which model
+    made the predictions (the prediction trace may show another: best.pt)."""
     top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
     worst = ", ".join(f"{clean(a)} -> {clean(b)} ({n})" for a, b, n in e.most_confused[:3])
-    console.print(f"Errors on {e.images:,} validation images: accuracy {e.accuracy:.3f}{top5}, "
+    by = f" ({clean(model)})" if model else ""
+    console.print(f"Errors on {e.images:,} validation images{by}: accuracy {e.accuracy:.3f}{top5}, "
                   f"macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}"
                   + (f"; most confused: {worst}" if worst else ""))
     if e.label_issues:
