@@ -238,3 +238,27 @@ def test_class_folders_the_model_does_not_know_are_named_not_silently_dropped(
     assert main(["evaluate", str(run), str(root), "--split", "all", "--out",
                  str(tmp_path / "ev2")]) == 0
     assert "left out" not in capsys.readouterr().out  # the run's own folder: nothing left out
+
+
+def test_impossible_probabilities_are_refused_and_json_stays_json(tmp_path, capsys):
+    """A predictions.csv with p = -3 or 1e308 is refused naming its row (it gave a numpy
+    warning and an ECE of inf); a diverged model's NaN row leaves the JSON valid (it printed
+    NaN, which JSON readers refuse) and the calibration finite."""
+    from pipetrace.cli import main
+    pred = random_predictions(n=40, c=3)
+    text = pred.to_csv().splitlines()
+    for bad in ("-3", "1e308"):
+        cells = text[5].split(",")
+        cells[7] = bad
+        (tmp_path / "predictions.csv").write_text("\n".join([*text[:5], ",".join(cells),
+                                                             *text[6:]]) + "\n")
+        assert main(["errors", str(tmp_path / "predictions.csv")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "row 6" in err and "not a probability in [0, 1]" in err
+    cells = text[5].split(",")
+    cells[6:] = ["nan"] * len(cells[6:])
+    (tmp_path / "predictions.csv").write_text("\n".join([*text[:5], ",".join(cells),
+                                                         *text[6:]]) + "\n")
+    assert main(["errors", str(tmp_path / "predictions.csv"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
+    assert 0 <= doc["ece"] <= 1 and sum(b["count"] for b in doc["calibration"]) == 39

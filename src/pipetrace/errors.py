@@ -86,12 +86,19 @@ class Predictions:
         body = rows[1:]
         try:
             labels = np.array([index[r[1]] for r in body], np.int64)
-            probs = np.array([[float(v) for v in r[6:]] for r in body], np.float32)
-            losses = np.array([float(r[5]) for r in body], np.float32)
+            probs = np.array([[float(v) for v in r[6:]] for r in body], np.float64)
+            losses = np.array([float(r[5]) for r in body], np.float64)
+            probs = probs.reshape(len(body), len(classes))
         except (KeyError, ValueError, IndexError) as exc:
             raise ValueError(f"predictions.csv has a bad row: {exc}") from None
-        return cls([r[0] for r in body], labels, probs.reshape(len(body), len(classes)),
-                   losses, classes, split)
+        wrong = ~np.isnan(probs) & ((probs < 0) | (probs > 1))  # nan: a diverged model's row
+        if wrong.any():
+            row, col = (int(i) for i in np.argwhere(wrong)[0])
+            raise ValueError(f"predictions.csv row {row + 2} ({body[row][0]!r}): p_"
+                             f"{classes[col]} = {probs[row, col]:g}, not a probability in "
+                             "[0, 1]")
+        return cls([r[0] for r in body], labels, probs.astype(np.float32),
+                   losses.astype(np.float32), classes, split)
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,10 @@ def per_class_metrics(labels: np.ndarray, predicted: np.ndarray, classes: list[s
 
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
                 ) -> tuple[float, list[CalibrationBin]]:
-    """Expected calibration error and the reliability diagram's bins (top-1 confidence)."""
+    """Expected calibration error and the reliability diagram's bins (top-1 confidence), over
+    the rows without a NaN (a diverged model's)."""
+    finite = np.isfinite(probs).all(1) if len(probs) else np.zeros(0, bool)
+    probs, labels = probs[finite], labels[finite]  # a row with NaN has no confidence
     conf = probs.max(1) if len(probs) else np.zeros(0)
     right = probs.argmax(1) == labels if len(probs) else np.zeros(0, bool)
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -25,6 +25,7 @@ def cmd_evaluate(args) -> int:
     from ..files import write_text_atomic
     from ..predict import resolve_checkpoint
     from ..report import terminal as term
+    from ..report.document import json_safe
     from ..runfolder import (
         EVAL_MARKERS,
         RunFolderError,
@@ -51,7 +52,7 @@ def cmd_evaluate(args) -> int:
         if args.out:
             refuse_if_evaluated(out)
         write_predictions(out, result.predictions)
-        doc = json.dumps(result.to_dict(), indent=1)
+        doc = json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False)
         write_text_atomic(out / "errors.json", doc)
     if args.json:
         print(doc)
@@ -76,10 +77,11 @@ def cmd_errors(args) -> int:
     from ..errors import analyse
     from ..evaluate import read_predictions
     from ..report import terminal as term
+    from ..report.document import json_safe
 
     errors = analyse(read_predictions(args.run), top=args.top)
     if args.json:
-        print(json.dumps(errors.to_dict(), indent=1))
+        print(json.dumps(json_safe(errors.to_dict()), indent=1, allow_nan=False))
     else:
         term.print_errors(term.make_console(), errors)
     return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import platform
 from datetime import datetime, timezone
@@ -53,7 +54,17 @@ def clean_strings(obj):
         return {clean_strings(k): clean_strings(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [clean_strings(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+    return json_safe(obj)
+
+
+def json_safe(obj):
+    """``obj`` with NaN and infinite numbers (not JSON: ``json.dumps`` writes ``NaN`` and
+    ``Infinity``, which JSON readers refuse) as null; strings are left as they are."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
 
