@@ -64,6 +64,18 @@ def test_planted_curve_gives_its_observation(kind, rows):
     assert_true_to(curve(*rows), obs)
 
 
+def test_a_near_perfect_models_tiny_loss_rise_is_not_called_divergence():
+    """0.0008 -> 0.0013 is +60%, but a model at 100% validation accuracy is not diverging
+    (a new-user trial's epoch 100 said it was, and told them to lower the learning rate).
+    At the usual scale the same +60% still is."""
+    tiny = observe(curve((0.01, 1.0, 0.01, 1.0), (0.0008, 1.0, 0.004, 1.0),
+                         (0.0013, 1.0, 0.0039, 1.0)), 2)
+    assert tiny.kind not in ("diverging", "unstable"), tiny.text
+    assert "rose" in tiny.text and "0.0013" in tiny.text  # the rise is still said, as it is
+    big = observe(curve((1.0, 0.5, 1.0, 0.5), (0.5, 0.8, 0.6, 0.8), (0.8, 0.6, 0.9, 0.6)), 2)
+    assert big.kind == "diverging"
+
+
 def test_every_kind_is_planted_and_has_a_next_step():
     """insight.NEXT_STEP follows KINDS; the planted curves above cover every kind."""
     assert set(NEXT_STEP) == set(KINDS)

@@ -21,6 +21,9 @@ The rules, in the order they are tried (the first that fits names the epoch):
 * ``overfitting``: the validation loss rose in each of the last ``patience`` epochs while
   the training loss fell over them;
 * ``unstable``: the training loss rose more than 10% in one epoch;
+* a rise of the training loss counts for ``diverging`` and ``unstable`` only when it is
+  also more than 1% of the guessing loss ln k (:data:`NOISE`): a near-perfect model's loss
+  going from 0.0008 to 0.0013 is +60% but not a divergence;
 * ``underfitting``: after three epochs accuracy is still near chance and the loss barely moves;
 * otherwise the last epoch's training loss and accuracy decide: ``improving`` (or
   ``slowing``, when the fall is less than half the one before), ``plateau`` /
@@ -45,6 +48,8 @@ ACC_FLAT = 0.01  # an accuracy that moved by less than this (1 point) "held"
 SPIKE = 2.0  # validation loss multiplied by at least this in one epoch: a spike
 UNSTABLE = 0.10  # training loss up by more than this fraction in one epoch: unstable
 BLOW_UP = 0.50  # ... by more than this: diverging
+NOISE = 0.01  # a training loss that rose by less than this share of the guessing loss, ln k,
+# is a near-perfect model's noise (0.0008 -> 0.0013 is +60%), not instability or divergence
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,12 @@ class _Curve:
         self.chance = 1.0 / self.k
         self.has_val = self.h[-1].val_loss is not None
         self.acc = "val_acc" if self.h[-1].val_acc is not None else "train_acc"
+        self.noise = NOISE * math.log(self.k)
+
+    def rose(self, since: int, epoch: int, share: float) -> bool:
+        """The training loss rose by more than ``share`` of itself, and by more than noise."""
+        a, b = self.at("train_loss", since), self.at("train_loss", epoch)
+        return relative_change(b, a) > share and b - a > self.noise
 
     def at(self, metric: str, epoch: int) -> float:
         return self.h[epoch - 1].value(metric)
@@ -199,11 +210,9 @@ def observe(history: Sequence[Point], num_classes: int, *, patience: int = 2) ->
 
 def _diverging(c: _Curve) -> Observation | None:
     n = c.n
-    jump = relative_change(c.at("train_loss", n), c.at("train_loss", n - 1))
-    before = relative_change(c.at("train_loss", n - 1), c.at("train_loss", n - 2)) if n >= 3 else 0
-    if jump > BLOW_UP:
+    if c.rose(n - 1, n, BLOW_UP):
         claims = (c.claim("train_loss", n - 1, n, "rose"),)
-    elif jump > UNSTABLE and before > UNSTABLE:
+    elif c.rose(n - 1, n, UNSTABLE) and n >= 3 and c.rose(n - 2, n - 1, UNSTABLE):
         claims = (c.claim("train_loss", n - 2, n - 1, "rose"), c.claim("train_loss", n - 1, n, "rose"))
     else:
         return None
@@ -280,7 +289,7 @@ def _overfitting(c: _Curve, patience: int) -> Observation | None:
 
 def _unstable(c: _Curve) -> Observation | None:
     n = c.n
-    if relative_change(c.at("train_loss", n), c.at("train_loss", n - 1)) <= UNSTABLE:
+    if not c.rose(n - 1, n, UNSTABLE):
         return None
     claim = c.claim("train_loss", n - 1, n, "rose")
     return _obs("unstable", f"{_cap(claim.text())}: unstable; a lower learning rate or a longer "
