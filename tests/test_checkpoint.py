@@ -148,6 +148,7 @@ SCHEMA_CASES = [
      "architecture"),
     ("model_config.num_classes", "3", "model_config.num_classes is '3'"),
     ("classes", [], "class list is not a list of 1 to"),
+    ("classes", ["a", "a", "b"], "class list names 'a' more than once"),
     ("train_config", "x", "train_config is 'x': it must be a dict"),
     ("train_config", {"loader": "turbo"}, "train_config.loader is 'turbo'"),
 ]

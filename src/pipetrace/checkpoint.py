@@ -25,6 +25,7 @@ from torch import nn
 from .config import LOADER_CHOICES, MAX_IMAGE_SIZE, MAX_RESIZE, Allowed
 from .files import sha256_file, write_atomic, write_text_atomic
 from .images import display_path, sniff_format
+from .text import safe_text
 from .transforms import Preprocess
 
 FORMAT = "pipetrace-checkpoint"
@@ -209,6 +210,9 @@ def validate_checkpoint(ckpt: dict, path) -> None:
     if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
             or not 1 <= len(classes) <= MAX_CLASSES):
         raise CheckpointError(path, f"class list is not a list of 1 to {MAX_CLASSES:,} names")
+    if len(set(classes)) != len(classes):  # two outputs, one name: a prediction is ambiguous
+        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise CheckpointError(path, f"class list names {safe_text(twice)!r} more than once")
     pre = ckpt["preprocess"]
     _check_fields(path, "preprocess", pre, PREPROCESS_SCHEMA, required=False)
     for key in ("mean", "std"):
