@@ -102,12 +102,18 @@ def _string(path):
     return "not a tensor"
 
 
+def _nan(path):
+    import numpy as np
+    return np.full((3, 224, 224), np.nan, np.float32)
+
+
 @pytest.mark.parametrize("spec, says", [
     ("no_such_module_xyz:fn", "cannot import 'no_such_module_xyz'"),
     (f"{APPS}:no_such_function", "has no function 'no_such_function'"),
     ("missing_colon", "expected MODULE:FUNCTION"),
     ("test_skew:_raises", "raised on"),
     ("test_skew:_string", "returned str"),
+    ("test_skew:_nan", "returned 150,528 NaN or infinite value(s)"),  # was: min() of nothing
 ])
 def test_bad_input_gives_one_line_and_exit_2(spec, says, demo_run, capsys):
     image = str(sorted((Path(demo_run).parent / "cache").glob("*/val/star/*"))[0])

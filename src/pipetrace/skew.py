@@ -84,6 +84,10 @@ def as_tensor(out: object, where: str) -> torch.Tensor:
     if t.ndim != 3:
         raise SkewInputError(f"{where} returned shape {tuple(t.shape)}; expected one image: "
                              "(3, H, W), (1, 3, H, W), (H, W, 3) or (1, H, W, 3)")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise SkewInputError(f"{where} returned {bad:,} NaN or infinite value(s) of "
+                             f"{t.numel():,}; the model would see them too")
     return t
 
 
