@@ -262,3 +262,15 @@ def test_impossible_probabilities_are_refused_and_json_stays_json(tmp_path, caps
     assert main(["errors", str(tmp_path / "predictions.csv"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
     assert 0 <= doc["ece"] <= 1 and sum(b["count"] for b in doc["calibration"]) == 39
+
+
+def test_skew_and_export_default_to_the_images_the_run_held_out(held_out_run):
+    """Without val/, the images skew, export and predict take by default are the ones
+    evaluate scores (they used to say the dataset had no validation images)."""
+    from pipetrace.predict import load_model, validation_images
+
+    _, run, _ = held_out_run
+    held_out = set(Predictions.from_csv((run / "predictions.csv").read_text()).paths)
+    lm = load_model(run)
+    assert set(validation_images(lm, None)) == held_out
+    assert set(validation_images(lm, 3)) <= held_out and len(validation_images(lm, 3)) == 3

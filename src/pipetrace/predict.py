@@ -149,22 +149,24 @@ def list_images(paths: list[str]) -> list[str]:
 
 
 def validation_images(lm: LoadedModel, limit: int | None = 8) -> list[str]:
-    """Images from the validation split of the dataset the checkpoint was trained on.
+    """Images from the validation split of the dataset the checkpoint was trained on: its
+    val/ (or test/) folder, else the files the run held out of train/ (what ``evaluate``
+    scores, :func:`pipetrace.evaluate.split_samples`).
 
     A fixed, evenly spaced selection of at most ``limit`` files (``None``: all), so every
-    class of a sorted ImageFolder is represented. Empty when the dataset has moved or has
-    no val/ (or test/) folder: the caller then asks for images explicitly.
+    class of a sorted ImageFolder is represented. Empty when the dataset has moved or the
+    run kept no record of its validation images: the caller then asks for images explicitly.
     """
-    from .scan import find_splits
+    from .evaluate import held_out_files, split_samples
 
     data = (lm.checkpoint.get("train_config") or {}).get("data") or ""
     if not data or not os.path.isdir(data):
         return []
     try:
-        val = find_splits(data).val
+        samples, _ = split_samples(data, "val", lm.classes, held_out=held_out_files(lm, data))
     except (OSError, ValueError):
         return []
-    files = [p for p, _ in val.samples] if val is not None else []
+    files = [p for p, _ in samples]
     if limit is None or len(files) <= limit:
         return files
     return [files[i * len(files) // limit] for i in range(limit)]

@@ -87,7 +87,8 @@ def _images_or_validation(lm, images: list[str], limit: int | None) -> list[str]
     if not files:
         data = (lm.checkpoint.get("train_config") or {}).get("data") or "?"
         raise ValueError(f"no images given, and the checkpoint's dataset {data!r} has no "
-                         "validation folder here: give image files or folders")
+                         "validation images here (no val/ folder, and no record of the files "
+                         "the run held out): give image files or folders")
     return files
 
 
