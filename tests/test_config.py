@@ -201,3 +201,17 @@ def test_a_gpu_that_is_not_there_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(r"'cuda'.*no CUDA GPU", err), err
     assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_argparse_errors_escape_what_was_typed(tmp_path, capsys):
+    """`unrecognized arguments: NAME` quoted a hostile file name raw: an OSC sequence could
+    retitle the terminal (found in a new-user trial)."""
+    name = str(tmp_path / "\x1b]0;pwned\x07evil\u202egnp.png")
+    for argv in (["export", str(tmp_path), "--onnx", "m.onnx", name],
+                 ["train", name, "--epochs", "\x1b[31mx"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "\x1b" not in err and "\u202e" not in err and "\x07" not in err
+        assert "\\x1b" in err

@@ -53,9 +53,21 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but its one-line errors quote what was typed with control, bidi
+    and zero-width characters escaped: `unrecognized arguments: <a hostile file name>`
+    reached the terminal raw (an ESC sequence could retitle or recolour it)."""
+
+    def error(self, message: str):
+        from ..text import printable
+
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {printable(message)}\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the command it names gets its flags (cheap help)."""
-    p = argparse.ArgumentParser(prog="pipetrace", description=__doc__.splitlines()[0])
+    p = Parser(prog="pipetrace", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"pipetrace {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     wanted = None if argv is None else next((a for a in argv if a in COMMANDS), "")
