@@ -194,22 +194,13 @@ class DatasetIndex:
         """:meth:`checked` of each path, an unreadable file's error returned in its place,
         in one loop: an unchanged file is answered from its row (each kind of header judged
         under ``limits`` once), any other is read (:meth:`_learn`)."""
-        cols, rows = self.cols, self.rows
-        size, mtime, fmt, error = cols["size"], cols["mtime"], cols["fmt"], cols["error"]
+        cols = self.cols
+        fmt, error = cols["fmt"], cols["error"]
         width, height, complete, scans = (cols[c] for c in FACTS[1:])
         judged: dict[tuple, tuple[str, int, int] | str] = {}  # facts -> header or reason
         out: list[CheckedFile | ImageLoadError] = []
         for path in paths:
-            key = self._key(path)
-            try:
-                st = os.stat(path)
-                stamp = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                stamp = None
-            row = rows.get(key)
-            if row is not None and (stamp is None or size[row] != stamp[0]
-                                    or mtime[row] != stamp[1]):
-                row = None  # the file changed (or went) since its row was written
+            key, row, stamp = self._find(path)  # row: None if the file changed or went
             if row is None or (fmt[row] is None and not error[row]):
                 out.append(self._learn(path, key, row, stamp, limits))
                 continue

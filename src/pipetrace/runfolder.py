@@ -156,6 +156,33 @@ def claim_next_free(base: str | os.PathLike, markers: tuple[str, ...] = RUN_MARK
             return
 
 
+def refuse_if_holds(out: str | os.PathLike, markers: tuple[str, ...], what: str,
+                    default: str | os.PathLike) -> None:
+    """An output folder given with ``--out`` must not already hold ``what`` (one of
+    ``markers``): evaluations and range tests are never overwritten."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunFolderError(f"--out {str(out)!r} is a file, not a folder")
+    if holds_run(out, markers):
+        raise RunFolderError(f"{str(out)!r} already holds {what}: choose another --out, or "
+                             f"leave it out for the next free {default!s}; nothing was "
+                             "overwritten")
+
+
+@contextlib.contextmanager
+def claim_output(out: str | os.PathLike | None, default: str | os.PathLike,
+                 markers: tuple[str, ...], what: str) -> Iterator[Path]:
+    """Claim ``out``, refused when it holds ``what`` (checked again once it is ours: another
+    writer may have finished there meanwhile), or, without ``out``, the next free of
+    ``default``, ``default2``, ... (:func:`claim_next_free`)."""
+    if out is None:
+        with claim_next_free(default, markers) as path:
+            yield path
+        return
+    with claim(out) as path:
+        refuse_if_holds(path, markers, what, default)
+        yield path
+
+
 _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")  # files.write_atomic's ".NAME.XXXXXX.tmp"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 
 def add_evaluate(ev) -> None:
@@ -26,31 +25,14 @@ def cmd_evaluate(args) -> int:
     from ..predict import resolve_checkpoint
     from ..report import terminal as term
     from ..report.document import json_safe
-    from ..runfolder import (
-        EVAL_MARKERS,
-        RunFolderError,
-        claim,
-        claim_next_free,
-        holds_run,
-        write_predictions,
-    )
+    from ..runfolder import EVAL_MARKERS, claim_output, refuse_if_holds, write_predictions
 
-    def refuse_if_evaluated(out) -> None:
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise RunFolderError(f"--out {str(out)!r} is a file, not a folder")
-        if holds_run(out, EVAL_MARKERS):
-            raise RunFolderError(f"{str(out)!r} already holds predictions (a run's or an "
-                                 "evaluation's): choose another --out, or leave it out for the "
-                                 "next free RUN_DIR/eval-SPLIT; nothing was overwritten")
-
+    default = resolve_checkpoint(args.model).parent / f"eval-{args.split}"
+    what = "predictions (a run's or an evaluation's)"
     if args.out:
-        refuse_if_evaluated(args.out)  # before the pass, and again once the folder is ours
+        refuse_if_holds(args.out, EVAL_MARKERS, what, default)  # before the pass, too
     result = evaluate_run(args.model, args.data, split=args.split, workers=args.workers)
-    where = claim(args.out) if args.out else claim_next_free(
-        resolve_checkpoint(args.model).parent / f"eval-{args.split}", EVAL_MARKERS)
-    with where as out:
-        if args.out:
-            refuse_if_evaluated(out)
+    with claim_output(args.out or None, default, EVAL_MARKERS, what) as out:
         write_predictions(out, result.predictions)
         doc = json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False)
         write_text_atomic(out / "errors.json", doc)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from .run import add_config_flags, config_from_args
 
 LR_FIND_MARKERS = ("lr_find.json", "lr_find.png")  # what a range test writes
+DEFAULT_OUT = "runs/lr-find"  # then lr-find2, ...: a range test is never overwritten
 
 
 def add_lr_find(p) -> None:
@@ -30,24 +31,17 @@ def cmd_lr_find(args) -> int:
     from ..lr_find import RangeTest, find_lr
     from ..report import terminal as term
     from ..report.plots import lr_find_png
-    from ..runfolder import RunFolderError, claim, claim_next_free, holds_run
+    from ..runfolder import claim_output, refuse_if_holds
 
     cfg = replace(config_from_args(args), data=args.data)
-    if args.out is not None and holds_run(args.out, LR_FIND_MARKERS):
-        raise RunFolderError(f"{args.out!r} already holds a range test: choose another --out, "
-                             "or leave it out for the next free runs/lr-find; nothing was "
-                             "overwritten")
+    if args.out is not None:  # before the test, too
+        refuse_if_holds(args.out, LR_FIND_MARKERS, "a range test", DEFAULT_OUT)
     test = RangeTest(start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
     console = term.make_console()
     console.print(f"pipetrace lr-find: {term.clean(cfg.model)} on {term.clean(cfg.data)}, "
                   f"{test.steps} steps from {test.start_lr:g} to {test.end_lr:g}")
     result = find_lr(cfg, test)
-    where = (claim(args.out) if args.out is not None
-             else claim_next_free("runs/lr-find", LR_FIND_MARKERS))  # lr-find, lr-find2, ...
-    with where as out:
-        if args.out is not None and holds_run(out, LR_FIND_MARKERS):  # written meanwhile
-            raise RunFolderError(f"{args.out!r} already holds a range test; nothing was "
-                                 "overwritten")
+    with claim_output(args.out, DEFAULT_OUT, LR_FIND_MARKERS, "a range test") as out:
         write_bytes_atomic(out / "lr_find.png", lr_find_png(result))
         write_text_atomic(out / "lr_find.json", json.dumps(result.to_dict(), indent=1))
     term.print_lr_find(console, result)

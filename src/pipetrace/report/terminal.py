@@ -75,11 +75,9 @@ def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: 
     """After training: accuracy and calibration in one line, the worst confusions and the
     likeliest label errors (the rest: `pipetrace errors RUN_DIR`); ``model``: which model
     made the predictions (the prediction trace may show another: best.pt)."""
-    top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
     worst = ", ".join(f"{clean(a)} -> {clean(b)} ({n})" for a, b, n in e.most_confused[:3])
     by = f" ({clean(model)})" if model else ""
-    console.print(f"Errors on {e.images:,} validation images{by}: accuracy {e.accuracy:.3f}{top5}, "
-                  f"macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}"
+    console.print(_headline(e, f"validation images{by}")
                   + (f"; most confused: {worst}" if worst else ""))
     if e.label_issues:
         console.print(f"Likely label errors: {len(e.label_issues)}, first: "
@@ -88,6 +86,13 @@ def print_error_summary(console: Console, e: ErrorAnalysis, run_dir: str, rows: 
                                   for x in e.label_issues[:rows]))
     console.print(f"All of it: pipetrace errors {clean(run_dir)} (tables or --json), "
                   "predictions.csv, report.html")
+
+
+def _headline(e: ErrorAnalysis, what: str) -> str:
+    """'Errors on N <what>: accuracy ..., macro F1 ..., expected calibration error ...'."""
+    top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
+    return (f"Errors on {e.images:,} {what}: accuracy {e.accuracy:.3f}{top5}, macro F1 "
+            f"{e.macro_f1:.3f}, expected calibration error {e.ece:.3f}")
 
 
 SPLIT_WORDS = {"val": "validation images", "train": "training images", "test": "test images",
@@ -115,10 +120,7 @@ def print_left_out(console: Console, folders: Sequence[str],
 def print_errors(console: Console, e: ErrorAnalysis, *, rows: int = 12) -> None:
     """The error analysis: accuracy and calibration, per-class metrics, the most-confused
     pairs, the worst images and the likely label errors."""
-    top5 = f", top-5 {e.top5_accuracy:.3f}" if e.top5_accuracy is not None else ""
-    what = SPLIT_WORDS.get(e.split, f"{clean(e.split)} images")
-    console.print(f"Errors on {e.images:,} {what}: accuracy {e.accuracy:.3f}"
-                  f"{top5}, macro F1 {e.macro_f1:.3f}, expected calibration error {e.ece:.3f}")
+    console.print(_headline(e, SPLIT_WORDS.get(e.split, f"{clean(e.split)} images")))
     t = Table(title="Per class", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")
