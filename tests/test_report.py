@@ -287,6 +287,7 @@ def test_each_view_names_the_model_its_numbers_come_from(demo_run):
     assert served == "best.pt"
     assert f"Prediction trace — {doc['prediction']['image']}, by {served}" in out
     epochs = len(doc["training"]["epochs"])
+    assert doc["errors"]["epoch"] == epochs  # recorded by the loop when it evaluated
     assert f"validation images (by last.pt, the model after epoch {epochs}): accuracy" in out
     page = (demo_run / "report.html").read_text()
     assert f"by <code>{served}</code>, the model the run serves" in page

@@ -156,6 +156,7 @@ class TrainResult:
     findings: list[Finding] = field(default_factory=list)  # what the checks found in this run
     batch_view: BatchView | None = None  # a few training images as the model gets them
     predictions: Predictions | None = None  # the last evaluation, image by image
+    predictions_epoch: int | None = None  # the epoch whose model made them (saved as last.pt)
     errors: ErrorAnalysis | None = None  # what went wrong in it (errors.analyse)
     weights: WeightsReport | None = None  # where the initial weights came from, how they fitted
     lr_find: LRFinderResult | None = None  # the range test that chose the lr (`--lr auto`)

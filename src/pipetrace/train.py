@@ -179,7 +179,7 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
         o.on_train_start(info)
     bad_files = list(setup.bad_files)
     confusion: list[list[int]] = []
-    last_eval = None  # the last evaluation's per-image results
+    last_eval, last_eval_epoch = None, None  # the last evaluation's per-image results, epoch
     stopped, interrupted_at, epoch = "", None, start_epoch
     ckpt_kw = dict(classes=classes, pre=pre, model_cfg=model_cfg, cfg=cfg, weights=weights,
                    lr_find=lr_found)
@@ -208,7 +208,8 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
                               tta_shift=cfg.tta_shift if epoch == cfg.epochs - 1 else 0,
                               num_classes=len(classes), dist=dist)
             confusion = ev["confusion"]
-            last_eval = ev.get("per_image", last_eval)
+            if ev.get("per_image") is not None:  # rank 0, with a validation set
+                last_eval, last_eval_epoch = ev["per_image"], epoch + 1
             bad_now = name_bad(setup.train_set, tr["bad"]) + name_bad(setup.val_set, ev["bad"])
             ranks, bads = zip(*gather_objects((tr["rank"], bad_now), dist), strict=True)
             ranks, bad_now = list(ranks), [b for bad in bads for b in bad]  # all processes
@@ -257,6 +258,7 @@ def _fit(cfg: TrainConfig, *, observers: Sequence[Observer], resume: bool,
         result.findings = run_checks(result)
         if last_eval is not None and setup.val_set is not None:
             result.predictions = predictions_of(setup.val_set, classes, last_eval)
+            result.predictions_epoch = last_eval_epoch
             result.errors = analyse(result.predictions)
             write_predictions(run, result.predictions)
     for o in observers:

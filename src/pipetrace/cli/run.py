@@ -200,7 +200,8 @@ def print_run(console, result, art) -> None:
         console.print("Top classes:\n" + term.top_k_lines(art.layer_trace), markup=False)
     if result.errors is not None:
         term.print_error_summary(console, result.errors, result.run_dir,
-                                 model=f"by last.pt, the model after epoch {len(result.records)}")
+                                 model=f"by last.pt, the model after epoch "
+                                       f"{result.predictions_epoch}")
     for f in art.findings:
         console.print(term.finding_line(f))
     if not art.findings:

@@ -113,7 +113,7 @@ def build_document(result: TrainResult, *, command: str, prediction: dict | None
         "batch_view": batch_view_block(result.batch_view),
         "findings": [f.to_dict() for f in findings],
         "training": training_block(result),
-        "errors": errors_block(result.errors, list(gallery)),
+        "errors": errors_block(result.errors, list(gallery), result.predictions_epoch),
         "prediction": prediction,
     }
     doc["quiz"] = [q.to_dict() for q in make_quiz(doc)]
@@ -156,11 +156,13 @@ def batch_view_block(view: BatchView | None, cell: int = 96) -> dict | None:
                                                 strict=True)]}
 
 
-def errors_block(errors: ErrorAnalysis | None, gallery: list[GalleryItem]) -> dict | None:
-    """The error analysis and the worst predictions' pictures as data URIs."""
+def errors_block(errors: ErrorAnalysis | None, gallery: list[GalleryItem],
+                 epoch: int | None = None) -> dict | None:
+    """The error analysis, the epoch whose model made its predictions, and the worst
+    predictions' pictures as data URIs."""
     if errors is None:
         return None
-    return {**errors.to_dict(), "predictions_file": "predictions.csv",
+    return {**errors.to_dict(), "epoch": epoch, "predictions_file": "predictions.csv",
             "gallery": [{**asdict(g.error), "gradcam_layer": g.gradcam_layer,
                          "model_input": data_uri(png_bytes(thumbnail(g.model_input, 128))),
                          "original": data_uri(png_bytes(thumbnail(g.original, 128))),
