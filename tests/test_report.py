@@ -292,3 +292,13 @@ def test_each_view_names_the_model_its_numbers_come_from(demo_run):
     page = (demo_run / "report.html").read_text()
     assert f"by <code>{served}</code>, the model the run serves" in page
     assert f"the model after the last epoch ({epochs}), which made these predictions" in page
+
+
+def test_a_trace_written_before_errors_had_an_epoch_still_renders(demo_run, tmp_path):
+    """errors.epoch came within format 3: a trace without it renders, without the number."""
+    from pipetrace.report.build import rerender
+    doc = json.loads((demo_run / "trace.json").read_text())
+    del doc["errors"]["epoch"]
+    (tmp_path / "trace.json").write_text(json.dumps(doc))
+    page = Path(rerender(tmp_path / "trace.json")).read_text()
+    assert "the model after the last epoch, which made these predictions" in page
